@@ -1,0 +1,153 @@
+"""The one patching engine. Every named sweep is a preset (sweeps.SWEEPS) over run_sweep."""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import Cancelled, SweepError
+from .hooks import HookBackend
+from .metrics import check_metric, compute_metric, top_tokens
+from .models import LoadedModel
+from .prompts import PreparedPair, PromptPair, prepare_pair
+from .result import PatchResult, normalize
+from .sweeps import check_direction, get_sweep
+
+DEFAULT_MEMORY_BUDGET_MB = int(os.environ.get("PATCHCORE_MEMORY_BUDGET_MB", "1024"))
+MAX_BATCH = int(os.environ.get("PATCHCORE_MAX_BATCH", "256"))
+MAX_PATCHES = int(os.environ.get("PATCHCORE_MAX_PATCHES", "200000"))
+
+
+@dataclass
+class Baseline:
+    """Unpatched runs of both prompts."""
+    prepared: PreparedPair
+    metric: str
+    clean_metric: float
+    corrupted_metric: float
+    clean_top: list
+    corrupted_top: list
+    cache: list | None = None  # per layer: (2, T, D) activations, row 0 clean, row 1 corrupted
+
+
+def batch_rows(model: LoadedModel, n_tokens: int, budget_mb: int | None = None) -> int:
+    """Rows per forward that fit the memory budget (activations of one layer at a time)."""
+    c = model.components
+    elem = torch.finfo(model.dtype).bits // 8
+    # live tensors per row while one block runs: residual copies, MLP hidden, attention scores
+    per_row = elem * n_tokens * (8 * c.d_model + 3 * c.d_mlp + 2 * c.n_heads * n_tokens) + 4 * c.vocab_size
+    budget = (budget_mb or DEFAULT_MEMORY_BUDGET_MB) * 2**20
+    return int(max(1, min(MAX_BATCH, budget // per_row)))
+
+
+def plan(model: LoadedModel, n_tokens: int, sweep: str) -> dict:
+    """What a sweep will cost before it runs: patches, forward rows, batches."""
+    spec = get_sweep(sweep)
+    c = model.components
+    n = int(np.prod(spec.shape(c.n_layers, n_tokens, c.n_heads)))
+    bs = batch_rows(model, n_tokens)
+    return {"patches": n, "forward_rows": n + 2, "batch_size": bs, "batches": math.ceil(n / bs)}
+
+
+def run_baseline(model: LoadedModel, pair: PromptPair | PreparedPair, metric: str = "logit_diff",
+                 component: str = "resid", cancel=None, on_wait=None) -> Baseline:
+    check_metric(metric)
+    prepared = pair if isinstance(pair, PreparedPair) else prepare_pair(model.tokenizer, pair)
+    ids = torch.tensor([prepared.clean_ids, prepared.corrupted_ids])
+    backend = HookBackend(model)
+    with model.locked(cancel, on_wait), torch.inference_mode():
+        logits, cache = backend.baseline(ids, component)
+    values = compute_metric(metric, logits, prepared.answer_id, prepared.wrong_id).tolist()
+    return Baseline(prepared, metric, values[0], values[1],
+                    top_tokens(model.tokenizer, logits[0]), top_tokens(model.tokenizer, logits[1]),
+                    cache)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
+
+
+def run_sweep(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = "layer_pos",
+              direction: str = "denoise", metric: str = "logit_diff", *,
+              batch_size: int | None = None, progress=None, cancel=None, on_wait=None,
+              skip_lower: bool = True, max_patches: int | None = None) -> PatchResult:
+    """Run one sweep. progress(done, total) and cancel() -> bool are called between batches."""
+    spec = get_sweep(sweep)
+    check_direction(direction)
+    check_metric(metric)
+    c = model.components
+    prepared = pair if isinstance(pair, PreparedPair) else prepare_pair(model.tokenizer, pair)
+    n_tok = prepared.n_tokens
+    cells = spec.cells(c.n_layers, n_tok, c.n_heads)
+    limit = max_patches or MAX_PATCHES
+    if len(cells) > limit:
+        raise SweepError(f"This sweep needs {len(cells):,} patches, over the limit of {limit:,}. "
+                         f"Choose a coarser sweep (e.g. 'head' instead of 'head_pos') or a shorter prompt.",
+                         field="sweep")
+    bs = batch_size or batch_rows(model, n_tok)
+    t0 = time.perf_counter()
+    base = run_baseline(model, prepared, metric, spec.component, cancel, on_wait)
+    src_row, base_ids = (0, prepared.corrupted_ids) if direction == "denoise" else (1, prepared.clean_ids)
+    source = [act[src_row] for act in base.cache]
+    base_ids = torch.tensor(base_ids)
+    backend = HookBackend(model)
+    out = np.empty(len(cells), dtype=np.float64)
+    done, rows_run = 0, 2
+    if progress:
+        progress(0, len(cells))
+    while done < len(cells):
+        if cancel is not None and cancel():
+            raise Cancelled()
+        chunk = cells[done:done + bs]
+        try:
+            with model.locked(cancel, on_wait), torch.inference_mode():
+                logits = backend.patched(base_ids, source, chunk, spec.component, skip_lower)
+        except Exception as exc:  # noqa: BLE001
+            if _is_oom(exc) and bs > 1:  # retry the same cells with smaller batches
+                bs = max(1, bs // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            if _is_oom(exc):
+                raise SweepError("Out of memory even with one patch per forward pass. "
+                                 "Use a smaller model, a shorter prompt, or a GPU.") from exc
+            raise
+        vals = compute_metric(metric, logits, prepared.answer_id, prepared.wrong_id)
+        out[done:done + len(chunk)] = vals.double().cpu().numpy()
+        done += len(chunk)
+        rows_run += len(chunk)
+        if progress:
+            progress(done, len(cells))
+    seconds = time.perf_counter() - t0
+    values = out.reshape(spec.shape(c.n_layers, n_tok, c.n_heads))
+    result = PatchResult(
+        model=model.label, sweep=spec.name, direction=direction, metric=metric, axes=spec.axes,
+        values=values, tokens=prepared.clean_tokens, clean_metric=base.clean_metric,
+        corrupted_metric=base.corrupted_metric, pair=prepared.pair, n_layers=c.n_layers,
+        n_heads=c.n_heads, seconds=seconds, forward_rows=rows_run, batch_size=bs,
+        device=str(model.device), dtype=str(model.dtype).replace("torch.", ""),
+        clean_top=base.clean_top, corrupted_top=base.corrupted_top,
+        diff_positions=prepared.diff_positions,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    result.warnings.extend(result_warnings(result))
+    return result
+
+
+def result_warnings(r: PatchResult) -> list[str]:
+    w = []
+    if not np.isfinite(r.values).all():
+        w.append("Some patched values are NaN or infinite (numerical overflow); those cells are left blank.")
+    if not np.isfinite(normalize(np.zeros(1), r.clean_metric, r.corrupted_metric)).all():
+        w.append(f"The clean and corrupted runs give almost the same {r.metric} "
+                 f"({r.clean_metric:.4g} vs {r.corrupted_metric:.4g}), so the normalised score is "
+                 f"undefined. Showing raw values; pick a pair where the answer changes.")
+    elif abs(r.clean_metric - r.corrupted_metric) < 0.05 * max(1.0, abs(r.clean_metric)):
+        w.append("The clean and corrupted runs are very close, so normalised scores are unstable. "
+                 "Read the raw values, or pick a pair where the answer changes more.")
+    return w
