@@ -54,12 +54,21 @@ def plan(model: LoadedModel, n_tokens: int, sweep: str) -> dict:
     return {"patches": n, "forward_rows": n + 2, "batch_size": bs, "batches": math.ceil(n / bs)}
 
 
+def make_backend(model: LoadedModel, backend=None):
+    """The object that runs forwards: local torch hooks unless a backend is given.
+
+    A backend has baseline(rows_ids, component) -> (last logits, per-layer cache)
+    and patched(base_ids, source, cells, component, skip_lower) -> last logits.
+    """
+    return backend if backend is not None else HookBackend(model)
+
+
 def run_baseline(model: LoadedModel, pair: PromptPair | PreparedPair, metric: str = "logit_diff",
-                 component: str = "resid", cancel=None, on_wait=None) -> Baseline:
+                 component: str = "resid", cancel=None, on_wait=None, backend=None) -> Baseline:
     check_metric(metric)
     prepared = pair if isinstance(pair, PreparedPair) else prepare_pair(model.tokenizer, pair)
     ids = torch.tensor([prepared.clean_ids, prepared.corrupted_ids])
-    backend = HookBackend(model)
+    backend = make_backend(model, backend)
     with model.locked(cancel, on_wait), torch.inference_mode():
         logits, cache = backend.baseline(ids, component)
     values = compute_metric(metric, logits, prepared.answer_id, prepared.wrong_id).tolist()
@@ -75,7 +84,7 @@ def _is_oom(exc: BaseException) -> bool:
 def run_sweep(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = "layer_pos",
               direction: str = "denoise", metric: str = "logit_diff", *,
               batch_size: int | None = None, progress=None, cancel=None, on_wait=None,
-              skip_lower: bool = True, max_patches: int | None = None) -> PatchResult:
+              skip_lower: bool = True, max_patches: int | None = None, backend=None) -> PatchResult:
     """Run one sweep. progress(done, total) and cancel() -> bool are called between batches."""
     spec = get_sweep(sweep)
     check_direction(direction)
@@ -91,11 +100,11 @@ def run_sweep(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = 
                          field="sweep")
     bs = batch_size or batch_rows(model, n_tok)
     t0 = time.perf_counter()
-    base = run_baseline(model, prepared, metric, spec.component, cancel, on_wait)
+    backend = make_backend(model, backend)
+    base = run_baseline(model, prepared, metric, spec.component, cancel, on_wait, backend)
     src_row, base_ids = (0, prepared.corrupted_ids) if direction == "denoise" else (1, prepared.clean_ids)
     source = [act[src_row] for act in base.cache]
     base_ids = torch.tensor(base_ids)
-    backend = HookBackend(model)
     out = np.empty(len(cells), dtype=np.float64)
     done, rows_run = 0, 2
     if progress:
@@ -130,8 +139,7 @@ def run_sweep(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = 
         values=values, tokens=prepared.clean_tokens, clean_metric=base.clean_metric,
         corrupted_metric=base.corrupted_metric, pair=prepared.pair, n_layers=c.n_layers,
         n_heads=c.n_heads, seconds=seconds, forward_rows=rows_run, batch_size=bs,
-        device=str(model.device), dtype=str(model.dtype).replace("torch.", ""),
-        clean_top=base.clean_top, corrupted_top=base.corrupted_top,
+        device=str(model.device), dtype=str(model.dtype).replace("torch.", ""), method=getattr(backend, "name", "local"), clean_top=base.clean_top, corrupted_top=base.corrupted_top,
         diff_positions=prepared.diff_positions,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
