@@ -139,7 +139,8 @@ def run_sweep(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = 
         values=values, tokens=prepared.clean_tokens, clean_metric=base.clean_metric,
         corrupted_metric=base.corrupted_metric, pair=prepared.pair, n_layers=c.n_layers,
         n_heads=c.n_heads, seconds=seconds, forward_rows=rows_run, batch_size=bs,
-        device=str(model.device), dtype=str(model.dtype).replace("torch.", ""), method=getattr(backend, "name", "local"), clean_top=base.clean_top, corrupted_top=base.corrupted_top,
+        device=str(model.device), dtype=str(model.dtype).replace("torch.", ""), backend=getattr(backend, "name", "local"),
+        clean_top=base.clean_top, corrupted_top=base.corrupted_top,
         diff_positions=prepared.diff_positions,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )

@@ -39,7 +39,8 @@ class PatchResult:
     batch_size: int = 0
     device: str = "cpu"
     dtype: str = "float32"
-    method: str = "exact"
+    method: str = "exact"      # exact patching, or 'atp' (attribution estimate)
+    backend: str = "local"     # local hooks, nnsight, or remote (NDIF)
     clean_top: list = field(default_factory=list)
     corrupted_top: list = field(default_factory=list)
     diff_positions: list = field(default_factory=list)
@@ -76,6 +77,7 @@ class PatchResult:
             "direction": self.direction,
             "metric": self.metric,
             "method": self.method,
+            "backend": self.backend,
             "tokens": list(self.tokens),
             "clean_metric": self.clean_metric,
             "corrupted_metric": self.corrupted_metric,
@@ -108,7 +110,7 @@ class PatchResult:
             pair=PromptPair(**d["pair"]), n_layers=d["n_layers"], n_heads=d["n_heads"],
             seconds=d.get("seconds", 0.0), forward_rows=d.get("forward_rows", 0),
             batch_size=d.get("batch_size", 0), device=d.get("device", "cpu"),
-            dtype=d.get("dtype", "float32"), method=d.get("method", "exact"),
+            dtype=d.get("dtype", "float32"), method=d.get("method", "exact"), backend=d.get("backend", "local"),
             clean_top=[tuple(t) for t in d.get("clean_top", [])],
             corrupted_top=[tuple(t) for t in d.get("corrupted_top", [])],
             diff_positions=list(d.get("diff_positions", [])),
