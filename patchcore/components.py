@@ -31,7 +31,7 @@ FAMILIES: dict[str, FamilyPaths] = {
     "gpt2": FamilyPaths("GPT-2", "transformer.h", "attn", "attn.c_proj", "mlp",
                         "transformer.ln_f", "lm_head"),
     "gpt_neox": FamilyPaths("GPT-NeoX (Pythia)", "gpt_neox.layers", "attention",
-                            "attention.dense", "mlp", "gpt_neox.final_layer_norm", "embed_out"),
+                            "attention.dense", "mlp", "gpt_neox.final_layer_norm", "lm_head"),
     "llama": FamilyPaths("Llama (incl. SmolLM)", **_LLAMA_LIKE),
     "mistral": FamilyPaths("Mistral", **_LLAMA_LIKE),
     "qwen2": FamilyPaths("Qwen2", **_LLAMA_LIKE),
@@ -108,7 +108,8 @@ def resolve_components(hf_model: torch.nn.Module) -> ComponentMap:
         attn_out=attn_out,
         mlp=[get_module(b, paths.mlp) for b in blocks],
         final_norm=get_module(hf_model, paths.final_norm),
-        unembed=get_module(hf_model, paths.unembed),
+        # transformers knows its own unembedding (NeoX renamed embed_out -> lm_head in v5)
+        unembed=hf_model.get_output_embeddings(),
         n_layers=len(blocks),
         n_heads=n_heads,
         n_kv_heads=_cfg(config, "num_key_value_heads", default=n_heads),
