@@ -1,0 +1,128 @@
+"""`patchcore` command line. Bad input: exit status 2 and one line on stderr, no traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + message
+        print(f"patchcore: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .metrics import METRICS
+    from .prompts import DEFAULT_PAIR
+    from .sweeps import DIRECTIONS, SWEEPS
+
+    p = _Parser(prog="patchcore", description="Activation patching from the command line.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    s = sub.add_parser("sweep", help="run one patching sweep and print or save the result")
+    s.add_argument("--model", default="embedded",
+                   help="'embedded' (offline default), a hub id, a model folder or a .gguf file")
+    s.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
+    s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    s.add_argument("--trust-remote-code", action="store_true",
+                   help="run code from the model's repository (only for authors you trust)")
+    s.add_argument("--clean", default=DEFAULT_PAIR.clean)
+    s.add_argument("--corrupted", default=DEFAULT_PAIR.corrupted)
+    s.add_argument("--answer", default=DEFAULT_PAIR.answer)
+    s.add_argument("--wrong", default=DEFAULT_PAIR.wrong)
+    s.add_argument("--sweep", default="layer_pos", choices=list(SWEEPS))
+    s.add_argument("--direction", default="denoise", choices=list(DIRECTIONS))
+    s.add_argument("--metric", default="logit_diff", choices=list(METRICS))
+    s.add_argument("--batch-size", type=int, default=None, help="rows per forward (default: from memory budget)")
+    s.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
+    s.add_argument("--csv", default=None, metavar="PATH", help="write the tidy table as CSV")
+    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return p
+
+
+def _progress(quiet: bool):
+    if quiet or not sys.stderr.isatty():
+        return None
+
+    def show(done, total):
+        print(f"\rpatching {done}/{total}", end="" if done < total else "\n", file=sys.stderr)
+    return show
+
+
+def compact_table(result) -> str:
+    """Normalised values as text: layers down, positions/heads across (max over heads for head_pos)."""
+    s = result.normalized
+    if len(result.axes) == 3:
+        s = np.nanmax(s, axis=2)
+    if s.ndim == 1:
+        s = s[:, None]
+        cols = ["all"]
+    elif "position" in result.axes:
+        cols = [t.strip()[:6] or "·" for t in result.tokens]
+    else:
+        cols = [f"h{h}" for h in range(s.shape[1])]
+    lines = ["layer " + " ".join(f"{c:>6}" for c in cols)]
+    for layer, row in enumerate(s):
+        lines.append(f"{layer:>5} " + " ".join("     ." if not np.isfinite(v) else f"{v:6.2f}" for v in row))
+    return "\n".join(lines)
+
+
+def cmd_sweep(args) -> int:
+    from .engine import run_sweep
+    from .models import ModelSpec, load_model
+    from .prompts import PromptPair
+    from .summary import summary_text
+
+    model = load_model(ModelSpec(name=args.model, device=args.device, dtype=args.dtype,
+                                 revision=args.revision, trust_remote_code=args.trust_remote_code))
+    pair = PromptPair(args.clean, args.corrupted, args.answer, args.wrong)
+    result = run_sweep(model, pair, args.sweep, args.direction, args.metric,
+                       batch_size=args.batch_size, progress=_progress(args.quiet))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result.to_json(), f, indent=1)
+    if args.csv:
+        result.to_frame().to_csv(args.csv, index=False)
+    if not args.json:
+        print(summary_text(result))
+        print()
+        print(compact_table(result))
+        print(f"\n{result.n_patches} patches, {result.forward_rows} forward rows, "
+              f"{result.seconds:.2f} s on {result.device}")
+    return 0
+
+
+def main(argv=None) -> int:
+    _quiet_libraries()
+    from .errors import PatchError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "sweep":
+            return cmd_sweep(args)
+    except PatchError as exc:
+        print(f"patchcore: error: {exc.message.splitlines()[0]}", file=sys.stderr)
+        for line in exc.message.splitlines()[1:]:  # aligned token tables etc. go to stdout
+            print(line)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("patchcore: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

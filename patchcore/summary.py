@@ -1,0 +1,150 @@
+"""Plain-language summaries of a result: rules over the numbers, no language model.
+
+Sentences are plain text (tokens may contain Markdown or HTML): callers must
+show them as text, never render them as markup.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .result import PatchResult
+
+STRONG = 0.5   # effect at or above this carries the behaviour
+NEGATIVE = -0.2
+
+
+def _tok(r: PatchResult, pos: int) -> str:
+    return repr(r.tokens[pos])
+
+
+def cell_name(r: PatchResult, idx: tuple) -> str:
+    parts = []
+    for axis, i in zip(r.axes, idx):
+        if axis == "layer":
+            parts.append(f"layer {i}")
+        elif axis == "position":
+            parts.append(f"position {i} ({_tok(r, i)})")
+        else:
+            parts.append(f"head {i}")
+    if r.axes == ("layer", "head"):
+        return f"head {idx[0]}.{idx[1]} (layer {idx[0]}, head {idx[1]})"
+    return ", ".join(parts)
+
+
+def effect(r: PatchResult) -> np.ndarray:
+    """How much each patch moved the behaviour towards the other prompt, on a 0..1 scale.
+
+    Denoising: the normalised score itself (1 = clean behaviour restored).
+    Noising: 1 - score (1 = the clean behaviour was destroyed).
+    """
+    s = r.normalized
+    return s if r.direction == "denoise" else 1.0 - s
+
+
+def meaning(r: PatchResult, score: float) -> str:
+    """What one normalised score means, in words."""
+    if not np.isfinite(score):
+        return "No normalised score (clean and corrupted runs give the same metric)."
+    pct = f"{score * 100:.0f}%"
+    if r.direction == "denoise":
+        if score >= 0.8:
+            return f"Patching this alone restores {pct} of the clean behaviour: it carries the information."
+        if score >= 0.2:
+            return f"Patching this restores {pct} of the clean behaviour: it carries part of the information."
+        if score > NEGATIVE:
+            return f"Patching this changes little ({pct}): on its own it does not carry the information."
+        return f"Patching this pushes further towards the wrong answer ({pct})."
+    kept = score
+    if kept <= 0.2:
+        return f"Corrupting this leaves {pct} of the clean behaviour: the model needs it."
+    if kept <= 0.8:
+        return f"Corrupting this leaves {pct} of the clean behaviour: it matters in part."
+    if kept < 1.2:
+        return f"Corrupting this leaves {pct} of the clean behaviour: the model does not need it."
+    return f"Corrupting this makes the clean answer even stronger ({pct})."
+
+
+def _runs(indices) -> list[tuple[int, int]]:
+    runs, start, prev = [], None, None
+    for i in indices:
+        if start is None:
+            start = prev = i
+        elif i == prev + 1:
+            prev = i
+        else:
+            runs.append((start, prev))
+            start = prev = i
+    if start is not None:
+        runs.append((start, prev))
+    return runs
+
+
+def _span(a: int, b: int) -> str:
+    return f"layer {a}" if a == b else f"layers {a}–{b}"
+
+
+def summarize(r: PatchResult, top_k: int = 3) -> list[str]:
+    """A handful of plain sentences describing the result."""
+    out = []
+    p = r.pair
+    out.append(
+        f"Baseline: with the clean prompt the {r.metric} is {r.clean_metric:+.3g}; with the corrupted "
+        f"prompt it is {r.corrupted_metric:+.3g} (answer {p.answer!r}, wrong {p.wrong!r})."
+    )
+    out.append("Denoising: clean activations were copied into the corrupted run; 1 means the clean "
+               "answer is fully back, 0 means no change." if r.direction == "denoise" else
+               "Noising: corrupted activations were copied into the clean run; 0 means the clean "
+               "answer was destroyed, 1 means no change.")
+    e = effect(r)
+    if not np.isfinite(e).any():
+        out.append("The clean and corrupted runs give the same metric, so scores cannot be "
+                   "normalised; read the raw values instead and pick a pair where the answer changes.")
+        return out
+    flat = np.where(np.isfinite(e), e, -np.inf).reshape(-1)
+    order = np.argsort(-flat)[:top_k]
+    tops = [np.unravel_index(i, e.shape) for i in order if np.isfinite(flat[i])]
+    s = r.normalized
+    listed = "; ".join(f"{cell_name(r, tuple(int(x) for x in t))}: {s[t]:.2f}" for t in tops)
+    out.append(f"Strongest effect{'s' if len(tops) > 1 else ''}: {listed}. " + meaning(r, float(s[tops[0]])))
+
+    if r.axes == ("layer", "position"):
+        for pos in range(e.shape[1]):
+            layers = [l for l in range(e.shape[0]) if e[l, pos] >= STRONG]
+            if layers:
+                spans = ", ".join(_span(a, b) for a, b in _runs(layers))
+                out.append(f"Position {pos} ({_tok(r, pos)}) carries the effect in {spans}.")
+    elif r.axes == ("layer",):
+        layers = [l for l in range(e.shape[0]) if e[l] >= STRONG]
+        if layers:
+            out.append("Layers that carry the effect: " +
+                       ", ".join(_span(a, b) for a, b in _runs(layers)) + ".")
+    elif "head" in r.axes:
+        strong = int((e >= STRONG).sum())
+        out.append(f"{strong} of {e.size} {'head-position cells' if 'position' in r.axes else 'heads'} "
+                   f"reach {STRONG:.0%} or more on their own." if strong else
+                   "No single head carries half of the effect alone: the behaviour is spread over "
+                   "several heads (or lives outside attention).")
+
+    neg_mask = np.isfinite(e) & (e <= NEGATIVE)
+    if neg_mask.any():
+        idx = np.argsort(np.where(neg_mask, e, np.inf).reshape(-1))[:top_k]
+        negs = [np.unravel_index(i, e.shape) for i in idx if neg_mask.reshape(-1)[i]]
+        lead = ("Pushing the other way (towards the wrong answer): " if r.direction == "denoise" else
+                "Corrupting these makes the clean answer even stronger (they work against it): ")
+        out.append(lead +
+                   "; ".join(f"{cell_name(r, tuple(int(x) for x in t))}: {s[t]:.2f}" for t in negs) + ".")
+
+    if r.sweep == "layer":
+        out.append("Caveat: patching the whole residual stream at one layer restores everything after "
+                   "it, so values near 1 at every layer are expected and say little. Use "
+                   "layer × position to see where the information sits.")
+    elif r.sweep == "layer_pos":
+        out.append("Residual-stream patches carry everything computed so far at that position; a band "
+                   "that moves from one position to a later one shows information being moved "
+                   "by attention.")
+    out.extend(r.warnings)
+    return out
+
+
+def summary_text(r: PatchResult) -> str:
+    return "\n".join(summarize(r))
