@@ -130,6 +130,42 @@ def _looks_like_path(name: str) -> bool:
     return name.endswith(".gguf") or name.startswith(("/", ".", "~")) or os.path.exists(name)
 
 
+HUB_PROBE_TIMEOUT = float(os.environ.get("PATCHCORE_HUB_TIMEOUT", "5"))
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
+    """One quick TCP connect to the hub (or the configured proxy).
+
+    huggingface_hub retries a failing download for about 30 s per file; probing
+    first lets an offline machine say so in seconds.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlparse(proxy or os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained_cached_first(cls, name: str, **kwargs):
+    """Use the local hub cache when it has the files; only then go online."""
+    try:
+        return cls.from_pretrained(name, local_files_only=True, **kwargs)
+    except Exception:  # noqa: BLE001 - not cached (or broken cache): try the hub below
+        if not hub_reachable():
+            raise ModelLoadError(
+                f"Could not reach the Hugging Face hub to fetch '{name}', and it is not in the "
+                f"local cache. Use the model 'embedded', which works offline.") from None
+        return cls.from_pretrained(name, **kwargs)
+
+
 def _load_hf(name: str, spec: ModelSpec, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -144,9 +180,16 @@ def _load_hf(name: str, spec: ModelSpec, dtype: torch.dtype):
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, **kwargs)
         return model, tok
+    if _looks_like_path(name) and not Path(name).expanduser().exists():
+        raise ModelLoadError(f"No model folder at '{name}'. Check the path, or use a hub id "
+                             f"such as 'openai-community/gpt2'.")
     tok_kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
-    tok = AutoTokenizer.from_pretrained(name, **tok_kwargs)
-    model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    if Path(name).expanduser().is_dir():
+        folder = str(Path(name).expanduser())
+        return (AutoModelForCausalLM.from_pretrained(folder, **kwargs),
+                AutoTokenizer.from_pretrained(folder, **tok_kwargs))
+    tok = _from_pretrained_cached_first(AutoTokenizer, name, **tok_kwargs)
+    model = _from_pretrained_cached_first(AutoModelForCausalLM, name, **kwargs)
     return model, tok
 
 
