@@ -43,6 +43,18 @@ class ModelSpec:
     dtype: str = "fp32"
     revision: str | None = None
     trust_remote_code: bool = False
+    # Larger than one device (accelerate): device_map "auto"/"balanced"/... or explicit
+    # ((module, device), ...); max_memory ((device, size), ...) e.g. (("cpu", "8GiB"),);
+    # weights that fit nowhere go to offload_folder (default: under cache_dir()).
+    device_map: str | tuple | None = None
+    max_memory: tuple | None = None
+    offload_folder: str | None = None
+
+    def __post_init__(self):  # dicts become tuples, so a spec stays hashable (cache keys)
+        for name in ("device_map", "max_memory"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, tuple(value.items()))
 
 
 @dataclass
@@ -166,12 +178,30 @@ def _from_pretrained_cached_first(cls, name: str, **kwargs):
         return cls.from_pretrained(name, **kwargs)
 
 
+_PLACEMENT = ("device_map", "max_memory", "offload_folder")
+
+
+def placement_kwargs(spec: ModelSpec, name: str = "") -> dict:
+    """from_pretrained kwargs for a device map (nothing when the spec has none)."""
+    if not spec.device_map:
+        return {}
+    dm = spec.device_map
+    out = {"device_map": dict(dm) if isinstance(dm, tuple) else dm}
+    if spec.max_memory:
+        # GPU indices may arrive as strings ("0"); accelerate wants ints for them
+        out["max_memory"] = {int(k) if str(k).isdigit() else k: v for k, v in spec.max_memory}
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in (name or "model"))[-80:]
+    out["offload_folder"] = spec.offload_folder or str(cache_dir() / "offload" / safe)
+    return out
+
+
 def _load_hf(name: str, spec: ModelSpec, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = dict(dtype=dtype, trust_remote_code=spec.trust_remote_code)
     if spec.revision:
         kwargs["revision"] = spec.revision
+    kwargs.update(placement_kwargs(spec, name))
     if name.endswith(".gguf"):
         path = Path(name).expanduser()
         if not path.is_file():
@@ -183,7 +213,7 @@ def _load_hf(name: str, spec: ModelSpec, dtype: torch.dtype):
     if _looks_like_path(name) and not Path(name).expanduser().exists():
         raise ModelLoadError(f"No model folder at '{name}'. Check the path, or use a hub id "
                              f"such as 'openai-community/gpt2'.")
-    tok_kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
+    tok_kwargs = {k: v for k, v in kwargs.items() if k != "dtype" and k not in _PLACEMENT}
     if Path(name).expanduser().is_dir():
         folder = str(Path(name).expanduser())
         return (AutoModelForCausalLM.from_pretrained(folder, **kwargs),
@@ -285,13 +315,24 @@ def load_model(spec: ModelSpec | str = EMBEDDED, **overrides) -> LoadedModel:
                       load_seconds=time.perf_counter() - t0)
 
 
+def input_device(hf) -> torch.device:
+    """Where a device-mapped model takes its inputs (accelerate moves activations on from there)."""
+    try:
+        dev = hf.get_input_embeddings().weight.device
+    except Exception:  # noqa: BLE001
+        dev = next(hf.parameters()).device
+    return torch.device("cpu") if dev.type == "meta" else dev  # offloaded: runs on the CPU
+
+
 def wrap_model(hf, tokenizer, spec: ModelSpec | None = None, label: str | None = None,
                device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                load_seconds: float = 0.0) -> LoadedModel:
     """Wrap an already-built transformers model (tests use tiny random ones)."""
-    device = torch.device(device)
+    mapped = bool(getattr(hf, "hf_device_map", None))  # placed by accelerate: never move it
+    device = input_device(hf) if mapped else torch.device(device)
     components = resolve_components(hf)
-    hf.to(device)
+    if not mapped:
+        hf.to(device)
     hf.eval()
     return LoadedModel(
         spec=spec or ModelSpec(name=label or "custom"),
