@@ -1,0 +1,134 @@
+"""Fault injection and resource checks for the engine (issue: hardening)."""
+import gc
+import json
+import math
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from patchcore import Cancelled, DEFAULT_PAIR, PromptPair, SweepError, run_sweep
+from patchcore.charts import heatmap
+from patchcore.hooks import HookBackend
+from patchcore.summary import summarize
+from tiny import build_hf, embedded_tokenizer, tiny_model
+
+SHORT = PromptPair("When Anna met Tom, Tom said hi to", "When Anna met Tom, Anna said hi to", " Anna", " Tom")
+
+
+class FlakyMemoryBackend(HookBackend):
+    """The real hook backend, except batches above `limit` rows raise CUDA-style OOM.
+
+    Fault injection at the device boundary: the model itself runs for real.
+    """
+
+    def __init__(self, model, limit):
+        super().__init__(model)
+        self.limit, self.sizes = limit, []
+
+    def patched(self, base_ids, source, cells, component, skip_lower=True):
+        self.sizes.append(len(cells))
+        if len(cells) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().patched(base_ids, source, cells, component, skip_lower)
+
+
+def rss_mb() -> float:
+    gc.collect()
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def test_out_of_memory_retries_with_smaller_batches_and_gives_the_same_numbers():
+    model = tiny_model("llama")
+    expected = run_sweep(model, SHORT, "layer_pos", batch_size=64)
+    backend = FlakyMemoryBackend(model, limit=5)
+    got = run_sweep(model, SHORT, "layer_pos", batch_size=64, backend=backend)
+    assert backend.sizes[0] > 5  # first try: the whole sweep in one batch
+    assert backend.sizes[-1] <= 5  # then halved until it fits
+    assert got.batch_size <= 5
+    np.testing.assert_allclose(got.values, expected.values, atol=1e-5)
+
+
+def test_out_of_memory_at_one_row_reports_clearly():
+    model = tiny_model("gpt2")
+    with pytest.raises(SweepError, match="Out of memory even with one patch"):
+        run_sweep(model, SHORT, "layer", batch_size=4, backend=FlakyMemoryBackend(model, limit=0))
+
+
+def test_cancel_stops_between_batches_and_leaves_the_model_usable():
+    model = tiny_model("qwen2")
+    seen = []
+    with pytest.raises(Cancelled):
+        run_sweep(model, SHORT, "head_pos", batch_size=3,
+                  progress=lambda d, t: seen.append(d), cancel=lambda: len(seen) >= 3)
+    assert 0 < seen[-1] < model.components.n_layers * 9 * model.components.n_heads
+    assert model.lock.acquire(blocking=False)  # released after the cancel
+    model.lock.release()
+    r = run_sweep(model, SHORT, "layer")
+    assert np.isfinite(r.values).all()
+
+
+def test_patch_budget_refuses_and_offers_a_coarser_sweep():
+    model = tiny_model("llama")
+    with pytest.raises(SweepError, match="coarser sweep") as exc:
+        run_sweep(model, DEFAULT_PAIR, "head_pos", max_patches=50)
+    assert exc.value.field == "sweep"
+
+
+def test_memory_does_not_grow_over_50_runs():
+    model = tiny_model("llama")
+    for _ in range(5):  # warm-up: allocator pools, lazily built kernels
+        run_sweep(model, SHORT, "layer_pos")
+    before = rss_mb()
+    for _ in range(50):
+        run_sweep(model, SHORT, "layer_pos")
+    growth = rss_mb() - before
+    assert growth < 40, f"RSS grew by {growth:.1f} MB over 50 runs"
+
+
+def test_unloading_a_model_frees_its_memory():
+    # ~80 M parameters (320 MB in fp32): large enough to see against allocator noise
+    hf = build_hf("llama")
+    big = torch.nn.Parameter(torch.randn(80_000_000 // 576, 576))
+    hf.register_parameter("ballast", big)
+    del big
+    from patchcore.models import wrap_model
+    model = wrap_model(hf, embedded_tokenizer(), label="ballast")
+    del hf
+    loaded = rss_mb()
+    model.unload()
+    freed = loaded - rss_mb()
+    assert freed > 200, f"only {freed:.0f} MB freed"
+
+
+def test_nan_results_are_reported_not_crashed():
+    hf = build_hf("llama")
+    tok = embedded_tokenizer()
+    mary = tok(" Mary", add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():  # the clean prompt's ' Mary' embedding overflows to inf -> NaN downstream
+        hf.get_input_embeddings().weight[mary] = float("inf")
+    from patchcore.models import wrap_model
+    model = wrap_model(hf, tok, label="nan-model")
+    r = run_sweep(model, DEFAULT_PAIR, "layer")
+    assert any("NaN" in w for w in r.warnings)
+    assert any("undefined" in w for w in r.warnings)
+    d = json.loads(json.dumps(r.to_json()))  # strict JSON: NaN became null
+    assert None in d["normalized"]
+    assert summarize(r)  # still says something useful
+    heatmap(r).to_dict()
+
+
+def test_near_zero_gap_warns_and_keeps_raw_values():
+    model = tiny_model("llama")
+    # clean and corrupted differ only in a token that cannot matter much: a tiny gap
+    pair = PromptPair("a b c d", "a b c e", " x", " y")
+    r = run_sweep(model, pair, "layer")
+    gap = abs(r.clean_metric - r.corrupted_metric)
+    if gap < 1e-6:
+        assert any("undefined" in w for w in r.warnings)
+    else:
+        assert math.isfinite(r.values.sum())
+    same = PromptPair("a b c d", "a b c d", " x", " y")
+    with pytest.raises(Exception, match="are the same"):
+        run_sweep(model, same, "layer")
