@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
     s.add_argument("--csv", default=None, metavar="PATH", help="write the tidy table as CSV")
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    from .cli_runs import add_dataset_args, add_runs_parser  # datasets, run history (issue 5)
+    add_dataset_args(s)
+    add_runs_parser(sub)
     return p
 
 
@@ -87,16 +90,21 @@ def cmd_sweep(args) -> int:
 
     model = load_model(ModelSpec(name=args.model, device=args.device, dtype=args.dtype,
                                  revision=args.revision, trust_remote_code=args.trust_remote_code))
-    pair = PromptPair(args.clean, args.corrupted, args.answer, args.wrong)
-    result = run_sweep(model, pair, args.sweep, args.direction, args.metric,
-                       batch_size=args.batch_size, progress=_progress(args.quiet))
+    from .cli_runs import is_dataset, run_dataset_cli, store_cli_run, summary_lines
+    if is_dataset(args):  # --ioi N / --pairs FILE: means over pairs with intervals
+        result = run_dataset_cli(args, model, progress=_progress(args.quiet))
+    else:
+        pair = PromptPair(args.clean, args.corrupted, args.answer, args.wrong)
+        result = run_sweep(model, pair, args.sweep, args.direction, args.metric,
+                           batch_size=args.batch_size, progress=_progress(args.quiet))
+    store_cli_run(args, result, load_seconds=model.load_seconds)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result.to_json(), f, indent=1)
     if args.csv:
         result.to_frame().to_csv(args.csv, index=False)
     if not args.json:
-        print(summary_text(result))
+        print("\n".join(summary_lines(result)))
         print()
         print(compact_table(result))
         print(f"\n{result.n_patches} patches, {result.forward_rows} forward rows, "
@@ -113,6 +121,9 @@ def main(argv=None) -> int:
     try:
         if args.command == "sweep":
             return cmd_sweep(args)
+        if args.command == "runs":
+            from .cli_runs import cmd_runs
+            return cmd_runs(args)
     except PatchError as exc:
         print(f"patchcore: error: {exc.message.splitlines()[0]}", file=sys.stderr)
         for line in exc.message.splitlines()[1:]:  # aligned token tables etc. go to stdout
