@@ -1,0 +1,83 @@
+"""Patching: choose what to patch, see the cost, run with progress and Cancel, read the heatmap."""
+import streamlit as st
+
+import ui_common as ui
+from patchcore import DIRECTIONS, METRICS, SWEEPS, check_pair
+
+ui.page("Patching", ":material/grid_on:")
+ss = st.session_state
+
+st.title("Patching")
+st.caption("Copy activations between the clean and corrupted runs, one piece at a time, and see "
+           "which pieces move the answer.")
+
+pair = ui.current_pair()
+with st.container(border=True):
+    st.markdown("**Prompt pair**")
+    st.text(f"Clean:      {pair.clean}   → answer {pair.answer!r}\n"
+            f"Corrupted:  {pair.corrupted}   → wrong {pair.wrong!r}")
+    st.page_link("pages/2_Prompts.py", label="Change the prompts", icon=":material/edit_note:")
+
+c1, c2, c3 = st.columns(3)
+sweep = c1.selectbox(
+    "What to patch", list(SWEEPS), format_func=lambda s: SWEEPS[s].title, **ui.bind("w_sweep", "sweep"),
+    help="\n\n".join(f"**{ui.md_escape(s.title)}**: {ui.md_escape(s.help)}" for s in SWEEPS.values()))
+c1.caption(SWEEPS[sweep].help)
+direction = c2.radio(
+    "Direction", list(DIRECTIONS), horizontal=True, **ui.bind("w_direction", "direction"),
+    format_func={"denoise": "Denoise (clean → corrupted)", "noise": "Noise (corrupted → clean)"}.get,
+    help="\n\n".join(ui.md_escape(t) for t in DIRECTIONS.values()))
+c2.caption(DIRECTIONS[direction])
+metric = c3.selectbox(
+    "Metric", list(METRICS), **ui.bind("w_metric", "metric"),
+    format_func={"logit_diff": "Logit difference", "prob": "Probability of the answer",
+                 "logprob": "Log-probability of the answer"}.get,
+    help="\n\n".join(ui.md_escape(t) for t in METRICS.values()))
+c3.caption(METRICS[metric])
+if sweep == "layer":
+    st.info("This sweep patches the whole residual stream at one layer, which restores everything "
+            "after it: expect values near 1 at every layer. “Residual stream, layer × position” is "
+            "the informative default.", icon=":material/info:")
+
+model = ui.auto_model()
+prepared = None
+if model is None:
+    if not ui.is_loaded():
+        st.warning(f"The model {ui.model_label(ss['model'])!r} is not loaded yet. Press Run to load it "
+                   "(hub models need internet), or choose another on the Model page.",
+                   icon=":material/memory:")
+else:
+    prepared, issues = check_pair(model.tokenizer, pair)
+    if issues:
+        st.error("The prompt pair has a problem; fix it on the Prompts page before running:\n\n" +
+                 "\n".join(f"- {ui.md_escape(i.message.splitlines()[0])}" for i in issues),
+                 icon=":material/error:")
+    else:
+        p = ui.plan_line(model, prepared.n_tokens, sweep)
+        m = st.columns(4)
+        m[0].metric("Patches", f"{p['patches']:,}", help="One patched forward pass per cell of the heatmap.")
+        m[1].metric("Forward rows", f"{p['forward_rows']:,}",
+                    help="Patched rows plus the clean and corrupted baseline runs.")
+        m[2].metric("Batches", f"{p['ui_batches']:,}",
+                    help="Rows are run in batches; progress and Cancel act between batches.")
+        m[3].metric("Estimated time", "—" if p["seconds"] is None else f"~{p['seconds']:.0f} s",
+                    help="From patchcore's estimate for this model, prompt length and sweep."
+                    if p["seconds"] is not None else "No estimate available for this set-up.")
+
+busy = ui.job_running("patch")
+if st.button("Run", type="primary", icon=":material/play_arrow:", disabled=busy or (
+        model is not None and prepared is None), key="run_patch"):
+    model = model or ui.get_model()
+    if model is not None:
+        try:
+            ui.start_job("patch", model, pair, sweep, direction, metric)
+        except Exception as exc:  # noqa: BLE001 - bad input or a bug: a message, never a traceback
+            ui.show_error(exc)
+
+ui.job_panel("patch")
+result = ui.result_for("patch")
+if result is not None:
+    asked = (sweep, direction, metric, pair)
+    if asked != (result.sweep, result.direction, result.metric, result.pair):
+        st.caption("The settings above changed since this result was computed; press Run to update it.")
+    ui.show_result(result, "patch")
