@@ -575,6 +575,12 @@ def make_remote_backend(model_id: str, api_key: str | None = None, *, remote: bo
     module = nn._module
     components = resolve_components(module)
     dtype = next(module.parameters()).dtype
+    if remote is True:  # the meta build is fp32; NDIF runs the checkpoint's own dtype
+        declared = getattr(module.config, "dtype", None) or getattr(module.config, "torch_dtype", None)
+        if isinstance(declared, str):
+            declared = getattr(torch, declared, None)
+        if isinstance(declared, torch.dtype):
+            dtype = declared
     device = next(module.parameters()).device
     loaded = LoadedModel(
         spec=ModelSpec(name=model_id, device="cpu", revision=revision,

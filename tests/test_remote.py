@@ -207,8 +207,8 @@ def test_network_down(remote_model):
 class FakeNDIF:
     """NDIF's HTTP surface on 127.0.0.1, answering as told by `mode`."""
 
-    def __init__(self, mode: str):
-        self.mode, self.keys, self.polls = mode, [], 0
+    def __init__(self, mode: str, result: bytes = b""):
+        self.mode, self.keys, self.polls, self.result = mode, [], 0, result
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -233,7 +233,15 @@ class FakeNDIF:
                     if fake.mode == "fail" and fake.polls > 1:
                         return self._json(200, {"id": "job1", "status": "ERROR",
                                                 "description": "IndexError: index 99 is out of bounds"})
+                    if fake.mode == "complete" and fake.polls > 1:
+                        return self._json(200, {"id": "job1", "status": "COMPLETED",
+                                                "data": f"{fake.url}/result/job1"})
                     return self._json(200, {"id": "job1", "status": "RUNNING", "description": ""})
+                if self.path == "/result/job1":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(fake.result)))
+                    self.end_headers()
+                    return self.wfile.write(fake.result)
                 self._json(404, {"detail": "no such path"})
 
             def do_POST(self):
@@ -256,8 +264,8 @@ class FakeNDIF:
 def fake_ndif():
     servers = []
 
-    def start(mode):
-        servers.append(FakeNDIF(mode))
+    def start(mode, **kw):
+        servers.append(FakeNDIF(mode, **kw))
         return servers[-1]
     yield start
     for s in servers:
@@ -297,3 +305,24 @@ def test_job_timed_out(remote_model, fake_ndif):
                                   on_status=lambda state, text: seen.append(state)))
     assert "timed out" in str(err)
     assert "RUNNING" in seen and ndif.polls >= 1
+
+
+def test_completed_job_result_is_downloaded(remote_model, fake_ndif):
+    """The client half of a finished job: statuses, download, decompression, the saved values."""
+    import io
+
+    import zstandard
+
+    m, make = remote_model
+    logits = torch.randn(2, 11)
+    acts = [torch.randn(2, 3, 64) for _ in range(m.components.n_layers)]
+    buf = io.BytesIO()
+    torch.save({"result": (logits, acts)}, buf)
+    ndif = fake_ndif("complete", result=zstandard.ZstdCompressor().compress(buf.getvalue()))
+    seen = []
+    backend = make(ndif.url, on_status=lambda state, text: seen.append(state))
+    got_logits, got_acts = backend.baseline(torch.tensor([[1, 2, 3], [1, 2, 4]]), "resid")
+    torch.testing.assert_close(got_logits, logits)
+    assert len(got_acts) == len(acts) and all(torch.equal(a, b) for a, b in zip(got_acts, acts))
+    assert seen[0] == "SENDING" and "RUNNING" in seen and seen[-1] == "COMPLETED"
+    assert ndif.keys == ["sk-SECRET-42"] and backend.requests == 1
