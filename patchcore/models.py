@@ -213,6 +213,9 @@ def _load_hf(name: str, spec: ModelSpec, dtype: torch.dtype):
     if _looks_like_path(name) and not Path(name).expanduser().exists():
         raise ModelLoadError(f"No model folder at '{name}'. Check the path, or use a hub id "
                              f"such as 'openai-community/gpt2'.")
+    if Path(name).expanduser().is_file():  # a local file that is not .gguf: never a hub id
+        raise ModelLoadError(f"'{name}' is a file, not a model folder. Point to a transformers "
+                             f"model folder (with config.json) or a .gguf file.")
     tok_kwargs = {k: v for k, v in kwargs.items() if k != "dtype" and k not in _PLACEMENT}
     if Path(name).expanduser().is_dir():
         folder = str(Path(name).expanduser())
@@ -265,7 +268,7 @@ def _friendly_load_error(name: str, exc: BaseException) -> ModelLoadError:
             f"or the embedded model."
         )
     if _looks_like_path(name):
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().splitlines()[0][:200].rstrip(".") if str(exc).strip() else type(exc).__name__
         return ModelLoadError(f"Could not read the model at '{name}': {first}. "
                               f"Point to a transformers model folder or a .gguf file.")
     if any(s in low for s in ("repositorynotfound", "is not a valid model identifier",
@@ -294,7 +297,7 @@ def load_model(spec: ModelSpec | str = EMBEDDED, **overrides) -> LoadedModel:
     """Load a model by spec; every failure becomes a one-line ModelLoadError."""
     if isinstance(spec, str):
         spec = ModelSpec(name=spec, **overrides)
-    name = (spec.name or EMBEDDED).strip()
+    name = (spec.name or "").strip() or EMBEDDED  # a blank box means the default, not the cwd
     if spec.dtype not in DTYPES:
         raise ModelLoadError(f"Unknown dtype '{spec.dtype}'. Choose one of {', '.join(DTYPES)}.")
     device = pick_device(spec.device)
