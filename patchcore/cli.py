@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
     s.add_argument("--csv", default=None, metavar="PATH", help="write the tidy table as CSV")
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    s.add_argument("--remote", action="store_true",
+                   help="run on NDIF with nnsight (key from NDIF_API_KEY); --model is a hub id; "
+                        "see docs/ndif.md")
     from .cli_runs import add_dataset_args, add_runs_parser  # datasets, run history (issue 5)
     add_dataset_args(s)
     add_runs_parser(sub)
@@ -86,11 +89,12 @@ def cmd_sweep(args) -> int:
     from .engine import run_sweep
     from .models import ModelSpec, load_model
     from .prompts import PromptPair
-    from .summary import summary_text
 
+    from .cli_runs import is_dataset, run_dataset_cli, store_cli_run, summary_lines
+    if args.remote:
+        return cmd_remote_sweep(args)
     model = load_model(ModelSpec(name=args.model, device=args.device, dtype=args.dtype,
                                  revision=args.revision, trust_remote_code=args.trust_remote_code))
-    from .cli_runs import is_dataset, run_dataset_cli, store_cli_run, summary_lines
     if is_dataset(args):  # --ioi N / --pairs FILE: means over pairs with intervals
         result = run_dataset_cli(args, model, progress=_progress(args.quiet))
     else:
@@ -98,6 +102,31 @@ def cmd_sweep(args) -> int:
         result = run_sweep(model, pair, args.sweep, args.direction, args.metric,
                            batch_size=args.batch_size, progress=_progress(args.quiet))
     store_cli_run(args, result, load_seconds=model.load_seconds)
+    return write_outputs(args, result, summary_lines)
+
+
+def cmd_remote_sweep(args) -> int:
+    """One sweep on NDIF: weights stay on the server, two requests per sweep."""
+    from .cli_runs import is_dataset, store_cli_run, summary_lines
+    from .errors import SweepError
+    from .nnsight_backend import make_remote_backend, run_nnsight_sweep
+    from .prompts import PromptPair
+
+    if is_dataset(args):
+        raise SweepError("Datasets (--ioi/--pairs) run locally only for now; drop --remote.")
+    if args.model == "embedded" or args.model.endswith(".gguf"):
+        raise SweepError("--remote needs a hub id that NDIF serves, e.g. meta-llama/Llama-3.1-8B.")
+    status = None if args.quiet else (lambda state, what: print(f"NDIF: {state} {what or ''}",
+                                                                 file=sys.stderr))
+    model, backend = make_remote_backend(args.model, revision=args.revision, on_status=status)
+    pair = PromptPair(args.clean, args.corrupted, args.answer, args.wrong)
+    result = run_nnsight_sweep(model, backend, pair, args.sweep, args.direction, args.metric,
+                               progress=_progress(args.quiet))
+    store_cli_run(args, result, load_seconds=model.load_seconds)
+    return write_outputs(args, result, summary_lines)
+
+
+def write_outputs(args, result, summary_lines) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result.to_json(), f, indent=1)
@@ -108,7 +137,7 @@ def cmd_sweep(args) -> int:
         print()
         print(compact_table(result))
         print(f"\n{result.n_patches} patches, {result.forward_rows} forward rows, "
-              f"{result.seconds:.2f} s on {result.device}")
+              f"{result.seconds:.2f} s on {'NDIF' if result.backend == 'remote' else result.device}")
     return 0
 
 

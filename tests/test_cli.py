@@ -104,3 +104,11 @@ def test_noise_direction_and_prob_metric_json(tmp_path, capsys):
     # noising the whole residual at a layer gives the corrupted run's behaviour: score 0
     assert np.allclose(d["normalized"], 0.0, atol=0.02)
     assert DEFAULT_PAIR.clean == d["pair"]["clean"]
+
+
+def test_remote_without_key_or_with_the_embedded_model_says_what_to_do(capsys, monkeypatch):
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    code, out, err = run_main(capsys, "sweep", "--remote", "--model", "meta-llama/Llama-3.1-8B")
+    assert code == 2 and "NDIF_API_KEY" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run_main(capsys, "sweep", "--remote")
+    assert code == 2 and "needs a hub id" in err
