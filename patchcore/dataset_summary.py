@@ -120,7 +120,8 @@ def dataset_summary(r: DatasetResult, top_k: int = 3) -> list[str]:
             layers = [l for l in range(e.shape[0]) if sure[l, col]]
             if layers:
                 spans = ", ".join(_span(a, b) for a, b in _runs(layers))
-                out.append(f"{column_label(r, col).capitalize()} carries the effect in {spans} "
+                label = column_label(r, col)
+                out.append(f"{label[:1].upper() + label[1:]} carries the effect in {spans} "
                            f"(every interval there is above 50%).")
     elif r.axes == ("layer",):
         layers = [l for l in range(e.shape[0]) if sure[l]]

@@ -189,10 +189,13 @@ class History:
                 self.journal_mode = mode
                 self._ready = True
                 return
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise HistoryError(f"Cannot set up the run history at {self.path}: {exc}.") from None
+                    con.close()
+                    raise HistoryError(f"Cannot use the run history at {self.path}: {exc}. Move that "
+                                       f"file away (a new history starts), or set PATCHCORE_DATA_DIR.") from None
                 time.sleep(0.05 * (attempt + 1))
+        con.close()
         raise HistoryError(f"The run history at {self.path} stayed locked by another program.")
 
     @contextmanager

@@ -1,0 +1,167 @@
+"""Datasets: many prompt pairs at once – means with 95% intervals, both directions, quadrants."""
+import pandas as pd
+import streamlit as st
+
+import ui_common as ui
+import ui_datasets as uid
+from patchcore import METRICS, SWEEPS
+from patchcore.dataset_run import plan_dataset
+from patchcore.datasets import (CORRUPTIONS, MAX_IOI_PAIRS, MAX_UPLOAD_BYTES, MAX_UPLOAD_PAIRS, ROLE_HELP,
+                                TEMPLATE_SETS, for_sweep, generate_ioi, length_groups, parse_upload)
+
+ui.page("Datasets", ":material/dataset:")
+ss = st.session_state
+SLOT = "dataset"
+SOURCES = {"ioi": "Generate IOI pairs", "upload": "Upload a file of pairs (CSV or JSONL)"}
+TEMPLATE_NAMES = {"mixed": "Mixed (half BABA, half ABBA)", "baba": "BABA only (subject named first)",
+                  "abba": "ABBA only (receiver named first)"}
+EXAMPLE_CSV = ('clean,corrupted,answer,wrong\n'
+               '"After John and Mary went to the store, Mary gave a bottle of milk to",'
+               '"After John and Mary went to the store, John gave a bottle of milk to"," John"," Mary"\n'
+               '"When Tom and Anna went to the park, Anna gave a ball to",'
+               '"When Tom and Anna went to the park, Tom gave a ball to"," Tom"," Anna"\n')
+
+st.title("Datasets")
+st.caption("One prompt pair is an anecdote. Run the same sweep over many pairs: every cell shows the "
+           "mean over pairs with a 95% interval, so you can see which findings hold up.")
+
+model = ui.auto_model()
+if model is None:
+    st.warning(f"The model {ui.model_label(ss['model'])!r} is not loaded yet. Load it to build and "
+               "check pairs with its tokenizer.", icon=":material/memory:")
+    if st.button("Load model", type="primary", key="ds_load_model"):
+        model = ui.get_model()
+if model is None:
+    st.stop()
+tok = model.tokenizer
+
+source = st.radio("Pairs", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="ds_source")
+dataset = None
+try:
+    if source == "ioi":
+        c = st.columns(4)
+        n = int(c[0].number_input("Number of pairs", 1, MAX_IOI_PAIRS, 20, key="ds_n",
+                                  help="50 pairs give tight intervals; each pair is one full sweep."))
+        seed = int(c[1].number_input("Seed", 0, 2**31 - 1, 0, key="ds_seed",
+                                     help="The same seed gives the same pairs (and the same intervals)."))
+        corruption = c[2].selectbox("Corruption", list(CORRUPTIONS), key="ds_corruption",
+                                    format_func={"swap": "Name swap", "abc": "ABC (three other names)"}.get)
+        templates = c[3].selectbox("Templates", list(TEMPLATE_SETS), format_func=TEMPLATE_NAMES.get,
+                                   key="ds_templates")
+        st.caption(CORRUPTIONS[corruption])
+        key = (ui.chosen_spec(), n, seed, corruption, templates)
+        if ss.get("_ds_ioi_key") != key:
+            ss["_ds_ioi"] = generate_ioi(tok, n, seed=seed, corruption=corruption, templates=templates)
+            ss["_ds_ioi_key"] = key
+        dataset = ss["_ds_ioi"]
+        with st.expander("Roles: how pairs of different lengths are lined up"):
+            st.text("Templates differ in length, so positions are matched by role, not by index. "
+                    "A role that spans several tokens is averaged over them.")
+            st.dataframe(pd.DataFrame(list(ROLE_HELP.items()), columns=["role", "meaning"]),
+                         hide_index=True, width="stretch")
+    else:
+        seed = int(st.number_input("Seed (bootstrap)", 0, 2**31 - 1, 0, key="ds_seed_upload"))
+        up = st.file_uploader("Upload pairs (CSV or JSONL)", type=["csv", "jsonl", "json", "txt"],
+                              key="ds_upload",
+                              help=f"Columns clean, corrupted, answer, wrong. Up to {MAX_UPLOAD_PAIRS} pairs "
+                                   f"and {MAX_UPLOAD_BYTES // 2**20} MiB. Answers usually start with a space.")
+        st.caption("CSV needs a header row clean,corrupted,answer,wrong; JSONL one object per line with "
+                   "those keys. Every row is checked; rejected rows are listed with their line number and "
+                   "the good rows still run.")
+        st.download_button("Example CSV", EXAMPLE_CSV, "pairs_example.csv", "text/csv", key="ds_example",
+                           icon=":material/download:")
+        if up is not None:
+            key = (ui.chosen_spec(), up.file_id)
+            if ss.get("_ds_upload_key") != key:
+                ss["_ds_upload"] = parse_upload(up.getvalue(), up.name, tok)
+                ss["_ds_upload_key"] = key
+            dataset = ss["_ds_upload"]
+except Exception as exc:  # noqa: BLE001 - bad file or settings: a message, never a traceback
+    ui.show_error(exc)
+    dataset = None
+
+c1, c2, c3 = st.columns(3)
+sweep = c1.selectbox("What to patch", list(SWEEPS), format_func=lambda s: SWEEPS[s].title,
+                     index=list(SWEEPS).index("layer_pos"), key="ds_sweep")
+directions = c2.radio("Directions", list(uid.DIRECTION_CHOICES), format_func=uid.DIRECTION_CHOICES.get,
+                      key="ds_directions")
+metric = c3.selectbox("Metric", list(METRICS), key="ds_metric",
+                      format_func={"logit_diff": "Logit difference", "prob": "Probability of the answer",
+                                   "logprob": "Log-probability of the answer"}.get)
+with st.expander("Statistics"):
+    n_boot = int(st.number_input("Bootstrap resamples", 200, 20000, 1000, step=100, key="ds_n_boot",
+                                 help="More resamples give steadier interval ends; 1,000 is usual."))
+
+runnable = None
+if dataset is not None:
+    if dataset.rejected:
+        st.warning(f"{len(dataset.rejected)} row{'s' if len(dataset.rejected) != 1 else ''} of the file "
+                   f"{'were' if len(dataset.rejected) != 1 else 'was'} rejected; the other "
+                   f"{len(dataset)} pairs can run.", icon=":material/warning:")
+        st.dataframe(pd.DataFrame([{"line": r.line, "reason": r.reason} for r in dataset.rejected]),
+                     hide_index=True, width="stretch", key="ds_rejected")
+    for note in dataset.notes:
+        st.info(ui.md_escape(note), icon=":material/info:")
+    if len(dataset):
+        length = None
+        if dataset.source != "ioi" and SWEEPS[sweep].per_position:
+            groups = length_groups(dataset, tok)
+            if len(groups) > 1:
+                st.info("Uploaded pairs are matched position by position, so a per-position sweep needs "
+                        "pairs of equal token length. Pick which length group runs (or choose a sweep "
+                        "without positions to use every pair).", icon=":material/straighten:")
+                length = st.selectbox("Token length to run", list(groups), key="ds_length",
+                                      format_func=lambda k: f"{k} tokens ({len(groups[k])} pairs)")
+            else:
+                st.caption(f"All {len(dataset)} pairs have {next(iter(groups))} tokens: positions are "
+                           "matched one to one.")
+        try:
+            runnable = for_sweep(dataset, SWEEPS[sweep].per_position, tok, length)
+            n_dirs = 2 if directions == "both" else 1
+            p = plan_dataset(model, runnable, sweep, n_dirs)
+            m = st.columns(3)
+            m[0].metric("Pairs", f"{p['pairs']:,}")
+            m[1].metric("Patches", f"{p['patches']:,}", help="Cells × pairs × directions.")
+            est = None
+            if ui.estimate_seconds is not None:
+                try:
+                    est = n_dirs * sum(float(ui.estimate_seconds(model, it.n_tokens, sweep))
+                                       for it in runnable.items)
+                except Exception:  # noqa: BLE001 - an estimate is optional
+                    est = None
+            m[2].metric("Estimated time", "—" if est is None else f"~{est:.0f} s")
+            rows = [{"#": i + 1, "clean": it.pair.clean, "corrupted": it.pair.corrupted,
+                     "answer": it.pair.answer, "wrong": it.pair.wrong, "tokens": it.n_tokens}
+                    | ({"line": it.line} if it.line is not None else {})
+                    for i, it in enumerate(runnable.items[:200])]
+            with st.expander(f"The pairs ({len(runnable)})"):
+                st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="ds_pairs")
+        except Exception as exc:  # noqa: BLE001
+            ui.show_error(exc)
+            runnable = None
+
+busy = ui.job_running(SLOT)
+if st.button("Run dataset", type="primary", icon=":material/play_arrow:", key="ds_run",
+             disabled=busy or runnable is None or not len(runnable)):
+    try:
+        settings = {"page": "datasets", "sweep": sweep, "directions": directions, "metric": metric,
+                    "n_boot": n_boot, "seed": seed, "model": ss["model"], **runnable.settings}
+        total = plan_dataset(model, runnable, sweep, 2 if directions == "both" else 1)["patches"]
+        uid.start_dataset_job(SLOT, model, runnable, sweep, directions, metric, n_boot=n_boot, seed=seed,
+                              length=None, total=total, settings=settings)
+    except Exception as exc:  # noqa: BLE001
+        ui.show_error(exc)
+
+ui.job_panel(SLOT)
+run = ui.result_for(SLOT)
+if run is not None:
+    if run.history_error:
+        st.warning("The run was not stored in the history: " + ui.md_escape(run.history_error),
+                   icon=":material/warning:")
+    elif run.run_id:
+        st.success(f"Stored as run {run.run_id}: reopen it any time on the History page.",
+                   icon=":material/history:")
+    try:
+        uid.show_dataset_result(run.result, SLOT, run.run_id)
+    except Exception as exc:  # noqa: BLE001
+        ui.show_error(exc)

@@ -1,0 +1,80 @@
+"""Compare two stored runs cell by cell (the History page's difference heatmap)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .dataset_run import BothResult
+from .errors import PatchError
+from .result import PatchResult
+
+
+class CompareError(PatchError):
+    """Two runs that cannot be compared cell by cell."""
+
+
+@dataclass
+class Comparison:
+    a: PatchResult
+    b: PatchResult
+    value: str                     # normalized | value
+    frame: pd.DataFrame            # axes, label, a, b, diff (= a - b)
+    labels: list                   # position labels used on the x axis
+    notes: list = field(default_factory=list)
+
+    @property
+    def max_abs_diff(self) -> float:
+        d = self.frame["diff"].to_numpy(dtype=float)
+        d = d[np.isfinite(d)]
+        return float(np.abs(d).max()) if d.size else float("nan")
+
+
+def pick(result, direction: str | None = None) -> PatchResult:
+    """The single result to compare: a BothResult gives its denoise or noise half."""
+    if isinstance(result, BothResult):
+        return result.noise if direction == "noise" else result.denoise
+    return result
+
+
+def compare(a, b, value: str = "normalized", direction: str | None = None) -> Comparison:
+    """a - b per cell. Both runs need the same sweep and the same table shape."""
+    ra, rb = pick(a, direction), pick(b, direction)
+    if value not in ("normalized", "value"):
+        raise CompareError("Compare 'normalized' scores or raw 'value's.")
+    if ra.sweep != rb.sweep or tuple(ra.axes) != tuple(rb.axes):
+        raise CompareError(f"These runs used different sweeps ({ra.sweep} vs {rb.sweep}), so their cells "
+                           f"do not correspond. Pick two runs of the same sweep.")
+    if ra.values.shape != rb.values.shape:
+        raise CompareError(f"These runs have tables of different shapes ({_shape(ra)} vs {_shape(rb)}): "
+                           f"different models or prompt lengths. Pick runs with the same model and "
+                           f"token length (or IOI datasets, which are matched by role).")
+    notes = []
+    if ra.model != rb.model:
+        notes.append(f"Different models: {ra.model} vs {rb.model}.")
+    if ra.metric != rb.metric:
+        notes.append(f"Different metrics ({ra.metric} vs {rb.metric}): compare normalised scores only.")
+        if value == "value":
+            raise CompareError("Raw values of different metrics cannot be subtracted; compare normalised scores.")
+    if ra.direction != rb.direction:
+        notes.append(f"Different directions ({ra.direction} vs {rb.direction}): a denoising score and a "
+                     f"noising score mean different things.")
+    labels = list(ra.tokens)
+    if "position" in ra.axes and list(ra.tokens) != list(rb.tokens):
+        notes.append("The runs' token labels differ at some positions; the axis shows run A's labels.")
+        labels = [x if x == y else f"{x}/{y}" for x, y in zip(ra.tokens, rb.tokens)]
+    va = ra.normalized if value == "normalized" else ra.values
+    vb = rb.normalized if value == "normalized" else rb.values
+    idx = np.indices(va.shape).reshape(len(ra.axes), -1).T
+    df = pd.DataFrame(idx, columns=list(ra.axes))
+    if "position" in ra.axes:
+        df.insert(df.columns.get_loc("position") + 1, "token", [labels[p] for p in df["position"]])
+    df["a"] = va.reshape(-1).astype(float)
+    df["b"] = vb.reshape(-1).astype(float)
+    df["diff"] = df["a"] - df["b"]
+    return Comparison(ra, rb, value, df, labels, notes)
+
+
+def _shape(r: PatchResult) -> str:
+    return " × ".join(f"{n} {a}s" for a, n in zip(r.axes, r.values.shape))
