@@ -159,13 +159,17 @@ def current_pair() -> PromptPair:
     return PromptPair(s["clean"], s["corrupted"], s["answer"], s["wrong"])
 
 
-def bind(widget_key: str, state_key: str) -> dict:
-    """Widget kwargs keeping `state_key` (which survives page changes) in step with the widget."""
+def bind(widget_key: str, state_key: str, clears: tuple[str, ...] = ()) -> dict:
+    """Widget kwargs keeping `state_key` (which survives page changes) in step with the widget.
+
+    `clears`: state keys reset to their defaults when the user changes this widget."""
     if widget_key not in st.session_state:
         st.session_state[widget_key] = st.session_state[state_key]
 
     def copy():
         st.session_state[state_key] = st.session_state[widget_key]
+        for k in clears:
+            st.session_state[k] = DEFAULTS[k]
     return {"key": widget_key, "on_change": copy}
 
 
@@ -220,8 +224,9 @@ def get_model(spec: tuple | None = None, where=None):
     except Exception as exc:  # noqa: BLE001 - shown to the user, never a traceback
         show_error(exc, where)
         return None
-    if spec == chosen_spec():
+    if spec == chosen_spec() and not is_loaded(spec):
         st.session_state["_loaded_spec"] = spec
+        _model_box()
     return model
 
 
@@ -235,8 +240,20 @@ def auto_model(where=None):
 
 def sidebar() -> None:
     with st.sidebar:
+        st.session_state["_model_box"] = st.empty()  # redrawn by get_model() when a model loads
+        _model_box()
+        st.page_link("pages/1_Model.py", label="Change model", icon=":material/memory:")
+        st.divider()
+        st.caption("The address bar holds this experiment: copy it to share or reproduce it.")
+
+
+def _model_box() -> None:
+    box = st.session_state.get("_model_box")
+    if box is None:
+        return
+    s = st.session_state
+    with box.container():
         st.markdown("**Model**")
-        s = st.session_state
         if is_loaded():
             facts = _cached_model(*chosen_spec()).facts()
             st.markdown(md_escape(facts["model"]))
@@ -245,9 +262,6 @@ def sidebar() -> None:
         else:
             st.markdown(md_escape(model_label(s["model"])))
             st.caption(f"not loaded yet · device **{s['device']}** · dtype **{s['dtype']}**")
-        st.page_link("pages/1_Model.py", label="Change model", icon=":material/memory:")
-        st.divider()
-        st.caption("The address bar holds this experiment: copy it to share or reproduce it.")
 
 
 # ---------------------------------------------------------------- runs in the background
@@ -360,6 +374,21 @@ def _cell_from_event(result, chart_key: str, cell_key: str) -> None:
         st.session_state[cell_key] = ""
 
 
+def _heatmap(result, view: str, head, position):
+    """patchcore.charts.heatmap, built with Altair's eager validation off.
+
+    WORKAROUND: for the raw view heatmap() first builds alt.Scale(domainMid=None), which
+    Altair rejects at construction, then replaces it with a valid scale. Building without
+    eager validation gives the intended chart (the final spec is still validated when it
+    is serialised). Remove once patchcore.charts passes alt.Undefined instead of None.
+    """
+    import altair as alt
+    with alt.utils.schemapi.debug_mode(False):
+        chart = heatmap(result, value=view, head=head, position=position)
+    chart.to_dict()  # full validation of what is actually drawn
+    return chart
+
+
 def cell_detail(result, idx: tuple[int, ...], where=None) -> None:
     where = where or st
     shape = result.values.shape
@@ -415,7 +444,11 @@ def show_result(result, slot: str, cell_key: str = "cell") -> None:
                 position = st.selectbox(
                     "Position", range(len(result.tokens)), key=f"w_pos_{slot}",
                     format_func=lambda p: f"{p}: {show_token(result.tokens[p])}")
-    chart = heatmap(result, value=view, head=head, position=position)
+    try:
+        chart = _heatmap(result, view, head, position)
+    except Exception as exc:  # noqa: BLE001 - the rest of the result stays readable
+        show_error(exc)
+        return
     chart_key = f"chart_{slot}"
     left, right = st.columns([3, 1])
     with left:

@@ -20,7 +20,7 @@ with st.container(border=True):
 
 c1, c2, c3 = st.columns(3)
 sweep = c1.selectbox(
-    "What to patch", list(SWEEPS), format_func=lambda s: SWEEPS[s].title, **ui.bind("w_sweep", "sweep"),
+    "What to patch", list(SWEEPS), format_func=lambda s: SWEEPS[s].title, **ui.bind("w_sweep", "sweep", clears=("cell",)),
     help="\n\n".join(f"**{ui.md_escape(s.title)}**: {ui.md_escape(s.help)}" for s in SWEEPS.values()))
 c1.caption(SWEEPS[sweep].help)
 direction = c2.radio(

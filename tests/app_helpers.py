@@ -1,0 +1,112 @@
+"""Helpers for the Streamlit AppTest tests (tests/test_app_*.py).
+
+AppTest runs the real scripts in this process: st.cache_resource is process-wide,
+so the embedded model is loaded once for all app tests.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+from streamlit.proto.WidgetStates_pb2 import WidgetStates
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 600  # seconds per script run: torch import and the first model load are slow on a busy CPU
+PAGES = {"Model": "pages/1_Model.py", "Prompts": "pages/2_Prompts.py",
+         "Patching": "pages/3_Patching.py", "Guide": "pages/9_Guide.py"}
+
+
+def open_app(page: str | None = None, **params) -> AppTest:
+    """A fresh session (like a new browser tab) on `page`, opened with these query parameters."""
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=TIMEOUT)
+    at.query_params.update(params)
+    if page:  # a deep link: only that page runs (the pages/ router resolves it by file name)
+        at.switch_page(PAGES[page])
+    return at.run()
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def wait_for_job(at: AppTest, slot: str, timeout: float = TIMEOUT) -> None:
+    """Let a background run finish, then rerun the page so it shows the outcome."""
+    job = at.session_state[f"_job_{slot}"] if f"_job_{slot}" in at.session_state else None
+    t0 = time.time()
+    while job is not None and job.running:
+        assert time.time() - t0 < timeout, f"{slot} run still going after {timeout} s"
+        time.sleep(0.2)
+    at.run()
+
+
+def charts(at: AppTest) -> list:
+    return at.get("vega_lite_chart")
+
+
+def chart_spec(chart) -> dict:
+    return json.loads(chart.proto.spec)
+
+
+def chart_data(chart):
+    """The heatmap's data rows, as the browser receives them."""
+    (ds,) = chart.proto.datasets
+    return convert_arrow_bytes_to_pandas_df(ds.data.data)
+
+
+def click_chart(at: AppTest, chart, point: dict) -> AppTest:
+    """What a click on a heatmap cell sends: the selection state of the chart widget.
+
+    AppTest has no driver for chart selections, so this sends the widget state the
+    frontend would (the chart id and its JSON selection) with every other widget unchanged.
+    """
+    states = WidgetStates()
+    states.widgets.extend(w for w in at._tree.get_widget_states().widgets if w.id != chart.proto.id)
+    ws = states.widgets.add()
+    ws.id = chart.proto.id
+    ws.string_value = json.dumps({"selection": {"cell": [point]}})
+    return at._run(states)
+
+
+def texts(at: AppTest) -> list[str]:
+    return [t.value for t in at.text]
+
+
+def plain(markdown: str) -> str:
+    """Undo ui_common.md_escape: the text a reader sees."""
+    return re.sub(r"\\(.)", r"\1", markdown).replace("  \n", "\n")
+
+
+def errors(at: AppTest) -> list[str]:
+    return [plain(e.value) for e in at.error]
+
+
+def column_of(at: AppTest, key: str):
+    """The column holding the widget with this key."""
+    for col in at.columns:
+        if any(getattr(w, "key", None) == key for w in _walk(col)):
+            return col
+    raise AssertionError(f"no column holds widget {key!r}")
+
+
+def _walk(block):
+    for child in block.children.values():
+        yield child
+        if hasattr(child, "children"):
+            yield from _walk(child)
+
+
+def errors_after(at: AppTest, key: str) -> list[str]:
+    """Error boxes placed right under the widget `key`, before the next input widget."""
+    items = list(_walk(column_of(at, key)))
+    i = next(n for n, w in enumerate(items) if getattr(w, "key", None) == key)
+    out = []
+    for w in items[i + 1:]:
+        if getattr(w, "type", "") in ("text_area", "text_input", "selectbox", "radio"):
+            break
+        if getattr(w, "type", "") == "error":
+            out.append(plain(w.value))
+    return out

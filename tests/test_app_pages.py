@@ -1,0 +1,108 @@
+"""AppTest: every page renders with its defaults; the Model page loads and reports models."""
+import pytest
+
+from app_helpers import PAGES, errors, no_exception, open_app
+from patchcore import DEFAULT_PAIR, check_pair, plan, run_baseline
+
+pytestmark = pytest.mark.embedded
+
+
+def sidebar_text(at) -> str:
+    return " ".join(str(e.value) for e in list(at.sidebar.markdown) + list(at.sidebar.caption))
+
+
+def test_landing_page_defaults():
+    at = open_app()
+    no_exception(at)
+    assert errors(at) == []
+    assert at.title[0].value.startswith("Which parts of a language model")
+    (demo,) = [b for b in at.button if b.label == "Run demo"]
+    assert not demo.disabled
+    assert "Activation patching" in at.markdown[0].value
+    assert any(DEFAULT_PAIR.clean in t.value for t in at.text)
+    assert "SmolLM2" in sidebar_text(at)  # the sidebar names the chosen model even before loading
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_page_renders_with_defaults(page):
+    at = open_app(page)
+    no_exception(at)
+    assert errors(at) == []
+    assert at.title[0].value == ("How to read the results" if page == "Guide" else page)
+    assert "device" in sidebar_text(at) and "dtype" in sidebar_text(at)
+
+
+def test_prompts_page_shows_baseline_of_the_default_pair(embedded):
+    at = open_app("Prompts")
+    no_exception(at)
+    prepared, _ = check_pair(embedded.tokenizer, DEFAULT_PAIR)
+    base = run_baseline(embedded, DEFAULT_PAIR)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Clean logit_diff"] == f"{base.clean_metric:+.3f}"
+    assert metrics["Corrupted logit_diff"] == f"{base.corrupted_metric:+.3f}"
+    ids = " ".join(m.value for m in at.markdown)
+    assert f"token id **{prepared.answer_id}**" in ids and f"token id **{prepared.wrong_id}**" in ids
+    clean_top = at.dataframe[-2].value
+    assert list(clean_top["token"]) == [t.replace(" ", "␣") for t, _ in base.clean_top]
+    assert list(clean_top["probability"]) == pytest.approx([p for _, p in base.clean_top], abs=1e-4)
+    # the token table lines the prompts up and marks the one differing position
+    assert any("1 position(s) differ" in c.value for c in at.caption)
+    # once loaded, the sidebar shows the model's real device and dtype
+    assert "cpu" in " ".join(c.value for c in at.sidebar.caption) or "cuda" in sidebar_text(at)
+    assert "float32" in sidebar_text(at)
+
+
+def test_patching_page_shows_the_plan_before_running(embedded):
+    at = open_app("Patching")
+    no_exception(at)
+    n = check_pair(embedded.tokenizer, DEFAULT_PAIR)[0].n_tokens
+    p = plan(embedded, n, "layer_pos")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Patches"] == f"{p['patches']:,}" == "480"
+    assert metrics["Forward rows"] == f"{p['forward_rows']:,}"
+    assert int(metrics["Batches"]) >= 2
+    assert at.selectbox(key="w_sweep").value == "layer_pos"
+    assert at.radio(key="w_direction").value == "denoise"
+    assert at.selectbox(key="w_metric").value == "logit_diff"
+    assert at.selectbox(key="w_sweep").help and at.radio(key="w_direction").help  # tooltips
+    at.selectbox(key="w_sweep").set_value("head").run()
+    assert {m.label: m.value for m in at.metric}["Patches"] == "270"  # 30 layers x 9 heads
+    at.selectbox(key="w_sweep").set_value("layer").run()
+    assert any("restores everything" in i.value for i in at.info)  # the whole-layer caveat
+
+
+def test_model_page_loads_the_embedded_model():
+    at = open_app("Model")
+    no_exception(at)
+    assert at.radio(key="w_model_choice").value == "embedded"
+    at.button[0].click().run()  # Load model
+    no_exception(at)
+    assert errors(at) == []
+    facts = dict(zip(at.dataframe[0].value.iloc[:, 0], at.dataframe[0].value["value"]))
+    assert facts["layers"] == "30" and facts["heads"] == "9" and facts["head size"] == "64"
+    assert facts["parameters"] == "134,515,008"
+    assert "float32" in sidebar_text(at)
+
+
+def test_model_page_bad_path_keeps_input_and_model():
+    at = open_app("Model")
+    at.radio(key="w_model_choice").set_value("__other__").run()
+    at.text_input(key="w_model_other").input("/nonexistent/folder/model.gguf").run()
+    at.button[0].click().run()
+    no_exception(at)
+    assert any("No GGUF file at '/nonexistent/folder/model.gguf'" in e for e in errors(at))
+    assert at.text_input(key="w_model_other").value == "/nonexistent/folder/model.gguf"
+    assert at.session_state["model"] == "embedded"  # the session keeps its working model
+
+
+def test_model_page_unknown_hub_model_gives_a_clear_message():
+    """No hub access here (and a name that exists nowhere): one readable line, no traceback."""
+    at = open_app("Model")
+    at.radio(key="w_model_choice").set_value("__other__").run()
+    at.text_input(key="w_model_other").input("patchcore-tests/no-such-model-xyz").run()
+    at.button[0].click().run()
+    no_exception(at)
+    (msg,) = errors(at)
+    assert "'patchcore-tests/no-such-model-xyz'" in msg
+    assert "hub" in msg
+    assert at.session_state["model"] == "embedded"

@@ -1,0 +1,107 @@
+"""AppTest: the experiment lives in the URL – round trips, fresh sessions, hostile parameters."""
+import pytest
+
+from app_helpers import errors, no_exception, open_app
+from patchcore.presets import PRESETS
+
+pytestmark = pytest.mark.embedded
+
+FACTUAL = PRESETS["factual"].pair
+EXPERIMENT = {  # every setting away from its default
+    "sweep": "head", "direction": "noise", "metric": "prob", "cell": "2,3", "view": "raw",
+    "clean": FACTUAL.clean, "corrupted": FACTUAL.corrupted, "answer": FACTUAL.answer, "wrong": FACTUAL.wrong,
+}
+
+
+def widgets(at) -> dict:
+    return {"sweep": at.selectbox(key="w_sweep").value, "direction": at.radio(key="w_direction").value,
+            "metric": at.selectbox(key="w_metric").value}
+
+
+def test_link_sets_the_experiment_and_the_url_keeps_it():
+    at = open_app("Patching", **EXPERIMENT)
+    no_exception(at)
+    assert at.warning == [] or not any("not valid" in w.value for w in at.warning)
+    assert widgets(at) == {"sweep": "head", "direction": "noise", "metric": "prob"}
+    assert any(FACTUAL.clean in t.value for t in at.text)
+    assert at.query_params == EXPERIMENT  # nothing lost or added on the way
+    assert {m.label: m.value for m in at.metric}["Patches"] == "270"
+    at.selectbox(key="w_sweep").select("mlp_pos").run()  # a new sweep: the old cell no longer applies
+    assert at.query_params["sweep"] == "mlp_pos" and "cell" not in at.query_params
+
+
+def test_a_copied_link_reproduces_the_experiment_in_a_fresh_session():
+    first = open_app("Patching")
+    first.selectbox(key="w_sweep").select("mlp_pos").run()
+    first.radio(key="w_direction").set_value("noise").run()
+    first.selectbox(key="w_metric").select("logprob").run()
+    link = dict(first.query_params)
+    assert link == {"sweep": "mlp_pos", "direction": "noise", "metric": "logprob"}
+    second = open_app("Patching", **link)  # another browser, another session
+    no_exception(second)
+    assert widgets(second) == {"sweep": "mlp_pos", "direction": "noise", "metric": "logprob"}
+    first.selectbox(key="w_sweep").select("layer_pos").run()  # back to the default: leaves the URL
+    assert "sweep" not in first.query_params
+
+
+def test_choices_carry_across_pages_and_prompts_from_a_link_fill_the_form():
+    at = open_app("Prompts", **{k: EXPERIMENT[k] for k in ("clean", "corrupted", "answer", "wrong")})
+    no_exception(at)
+    assert at.selectbox(key="w_preset").value == "factual"  # recognised as the preset it is
+    assert at.text_area(key="w_clean").value == FACTUAL.clean
+    at.text_input(key="w_answer").input(" Berlin").run()
+    at.switch_page("pages/3_Patching.py").run()
+    assert any("' Berlin'" in t.value for t in at.text)
+    assert at.query_params["answer"] == " Berlin"
+    at.selectbox(key="w_sweep").select("attn_pos").run()
+    at.switch_page("pages/2_Prompts.py").run()
+    assert at.text_input(key="w_answer").value == " Berlin"  # still there after two page changes
+    at.switch_page("pages/3_Patching.py").run()
+    assert at.selectbox(key="w_sweep").value == "attn_pos"
+
+
+HOSTILE = {
+    "sweep": "<script>alert(1)</script>",
+    "direction": "sideways",
+    "metric": "",
+    "model": "/etc/passwd",
+    "device": "tpu",
+    "dtype": "fp8",
+    "revision": "main; rm -rf /",
+    "cell": "1;DROP TABLE",
+    "view": "3d",
+    "clean": "x" * 5000,
+    "answer": "a\x00b",
+}
+
+
+def test_hostile_parameters_fall_back_to_defaults_with_a_notice():
+    for page in (None, "Patching", "Prompts", "Model"):
+        at = open_app(page, **HOSTILE, unrelated="kept")
+        no_exception(at)
+        assert errors(at) == []
+        (notice,) = [w.value for w in at.warning if "not valid" in w.value]
+        for key in HOSTILE:
+            assert f"'{key}'" in notice.replace("\\", ""), key
+        assert "<script>" not in notice  # shown escaped, never as markup
+        ss = at.session_state
+        assert (ss["sweep"], ss["direction"], ss["metric"], ss["model"], ss["device"], ss["dtype"]) == \
+            ("layer_pos", "denoise", "logit_diff", "embedded", "auto", "fp32")
+        assert ss["clean"] != "x" * 5000 and ss["cell"] == "" and ss["view"] == "normalized"
+        assert dict(at.query_params) == {"unrelated": "kept"}  # bad values dropped from the link
+    at.run()  # the notice is shown once, not on every rerun
+    assert not any("not valid" in w.value for w in at.warning)
+
+
+def test_a_hub_model_in_a_link_is_not_loaded_until_run():
+    """A link may name a hub model; opening it loads nothing (no surprise downloads)."""
+    at = open_app("Patching", model="patchcore-tests/no-such-model-xyz")
+    no_exception(at)
+    assert at.session_state["model"] == "patchcore-tests/no-such-model-xyz"
+    assert any("not loaded yet" in w.value for w in at.warning)
+    assert at.metric == [] or not len(at.metric)
+    at.button(key="run_patch").click().run()  # one click on Run loads it (and fails here: offline/unknown)
+    no_exception(at)
+    (msg,) = errors(at)
+    assert "'patchcore-tests/no-such-model-xyz'" in msg
+    assert "_job_patch" not in at.session_state
