@@ -163,3 +163,14 @@ def test_noising_effect_is_one_minus_score_and_quadrants_by_hand():
     assert list(q["sure"]) == [True, True, True, False]
     assert "backup or redundant" in " ".join(quadrant_summary(BothResult(den, noi)))
     assert "Uncertain" in q["words"][3] and "Uncertain" not in q["words"][0]
+
+
+def test_unchanged_prefix_is_skipped_exactly(model, ioi, both):
+    # name swap: the prompts agree before S2, so those patches are not run (and equal the baseline)
+    assert both.denoise.dataset["patches_skipped"] > 0
+    it = ioi.items[0]
+    s2 = it.roles.index("S2")
+    expected = 2 * sum(3 * it2.roles.index("S2") for it2 in ioi.items)  # both directions, 3 layers
+    assert both.denoise.dataset["patches_skipped"] == expected
+    single = run_sweep(model, it.pair, "layer_pos", "noise")
+    np.testing.assert_allclose(single.values[:, :s2], single.clean_metric, atol=1e-4)
