@@ -1,0 +1,57 @@
+"""Shared fixtures: the embedded model (loaded once), tiny random models per family."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:  # `from tiny import ...`, `from reference import ...`
+    sys.path.insert(0, str(TESTS_DIR))
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The embedded SmolLM2 model, loaded once per test session."""
+    from patchcore import load_model
+    return load_model("embedded")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The embedded model's tokenizer (shared by the tiny models)."""
+    from tiny import embedded_tokenizer
+    return embedded_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """tiny(family) -> LoadedModel, built once per family and shared within the session.
+
+    Tests that need a model nobody else touches (threads, cancellation) build
+    their own with tiny.tiny_model instead.
+    """
+    from tiny import tiny_model
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = tiny_model(family)
+        return cache[family]
+    return get
+
+
+@pytest.fixture
+def single_thread():
+    """Run tiny models on one intra-op thread.
+
+    Tiny models gain nothing from intra-op threads, and on a busy 2-core machine
+    torch's thread pool makes a 3-layer forward ~50x slower (spin-waiting).
+    Restored afterwards so the embedded-model tests keep their default.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
