@@ -29,7 +29,7 @@ with st.container(border=True):
         model = ui.get_model(DEMO_SPEC)
         if model is not None:
             try:
-                ui.start_job("demo", model, DEFAULT_PAIR, **DEMO)
+                ui.start_sweep("demo", model, DEFAULT_PAIR, **DEMO)
             except Exception as exc:  # noqa: BLE001
                 ui.show_error(exc)
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 import streamlit as st
 
-from patchcore import (DEFAULT_PAIR, DIRECTIONS, METRICS, SWEEPS, Cancelled, ModelSpec,
-                       PatchError, PromptPair, check_pair, load_model, plan, run_baseline, run_sweep)
+from patchcore import (DEFAULT_PAIR, DIRECTIONS, METRICS, SWEEPS, Cancelled, ModelSpec, PatchError,
+                       PromptPair, load_model, plan, prepare_pair, run_baseline, run_sweep)
+from patchcore.history import save_run
 from patchcore.charts import chart_png, chart_svg, heatmap
 from patchcore.models import DTYPES, EMBEDDED, EMBEDDED_LABEL
 from patchcore.summary import cell_name, meaning, summarize
@@ -277,6 +278,7 @@ class Job:
     result: object = None
     error: BaseException | None = None
     thread: threading.Thread | None = None
+    notes: list = field(default_factory=list)  # short lines shown with the outcome
 
     @property
     def running(self) -> bool:
@@ -289,29 +291,53 @@ def ui_batch_size(model, n_tokens: int, sweep: str) -> int:
     return max(1, min(p["batch_size"], max(8, math.ceil(p["patches"] / UI_BATCHES))))
 
 
-def start_job(slot: str, model, pair: PromptPair, sweep: str, direction: str, metric: str) -> Job:
-    prepared, issues = check_pair(model.tokenizer, pair)
-    if issues:  # pages check first; this is the last line of defence
-        raise PatchError(issues[0].message, issues[0].field)
-    job = Job(total=plan(model, prepared.n_tokens, sweep)["patches"])
-    bs = ui_batch_size(model, prepared.n_tokens, sweep)
+def start_job(slot: str, total: int, work) -> Job:
+    """Run work(progress=, cancel=, on_wait=) on a worker thread; what it returns becomes the
+    result of `slot`, what it raises its error. job_panel(slot) shows progress, Cancel, outcome."""
+    job = Job(total=max(1, total))
 
-    def progress(done, total):
-        job.done, job.total, job.waiting = done, total, False
+    def progress(done, tot):
+        job.done, job.total, job.waiting = done, tot, False
 
-    def work():
+    def run():
         try:
-            job.result = run_sweep(model, prepared, sweep, direction, metric, batch_size=bs,
-                                   progress=progress, cancel=job.cancel.is_set,
-                                   on_wait=lambda: setattr(job, "waiting", True))
+            job.result = work(progress=progress, cancel=job.cancel.is_set,
+                              on_wait=lambda: setattr(job, "waiting", True))
         except BaseException as exc:  # noqa: BLE001 - handed to the page
             job.error = exc
 
-    job.thread = threading.Thread(target=work, name=f"patchcore-sweep-{slot}", daemon=True)
+    job.thread = threading.Thread(target=run, name=f"patchcore-{slot}", daemon=True)
+    for key in (f"_result_{slot}", f"_error_{slot}", f"_notes_{slot}"):
+        st.session_state.pop(key, None)
     st.session_state[f"_job_{slot}"] = job
-    st.session_state.pop(f"_result_{slot}", None)
-    st.session_state.pop(f"_error_{slot}", None)
     job.thread.start()
+    return job
+
+
+def start_sweep(slot: str, model, pair: PromptPair, sweep: str, direction: str, metric: str,
+                save: bool = False) -> Job:
+    """One patchcore.run_sweep in the background; with `save`, the result goes into the run history."""
+    prepared = prepare_pair(model.tokenizer, pair)  # pages check first; PairError says what is wrong
+    batch_size = ui_batch_size(model, prepared.n_tokens, sweep)
+    notes = []
+
+    def work(**callbacks):
+        result = run_sweep(model, prepared, sweep, direction, metric, batch_size=batch_size, **callbacks)
+        if save:
+            try:
+                spec = model.spec
+                run_id = save_run(result, source="dashboard", settings={
+                    "model": spec.name, "device": spec.device, "dtype": spec.dtype,
+                    "revision": spec.revision, "pair": pair.to_dict(), "sweep": sweep,
+                    "direction": direction, "metric": metric})
+                if run_id is not None:
+                    notes.append(f"Saved to the run history as run {run_id}.")
+            except PatchError as exc:
+                notes.append(f"Not saved to the run history: {exc.message}")
+        return result
+
+    job = start_job(slot, plan(model, prepared.n_tokens, sweep)["patches"], work)
+    job.notes = notes
     return job
 
 
@@ -325,6 +351,7 @@ def _collect(slot: str) -> None:
     if job is None or job.running:
         return
     del st.session_state[f"_job_{slot}"]
+    st.session_state[f"_notes_{slot}"] = list(job.notes)
     if job.error is not None:
         st.session_state[f"_error_{slot}"] = job.error
     else:
@@ -351,6 +378,8 @@ def job_panel(slot: str) -> None:
                       on_click=job.cancel.set, disabled=job.cancel.is_set())
         poll()
         return
+    for note in st.session_state.get(f"_notes_{slot}", []):
+        st.caption(md_escape(note))
     err = st.session_state.get(f"_error_{slot}")
     if isinstance(err, Cancelled):
         st.info("The run was cancelled. Nothing was kept; press the run button to start again.",

@@ -70,7 +70,7 @@ if st.button("Run", type="primary", icon=":material/play_arrow:", disabled=busy 
     model = model or ui.get_model()
     if model is not None:
         try:
-            ui.start_job("patch", model, pair, sweep, direction, metric)
+            ui.start_sweep("patch", model, pair, sweep, direction, metric, save=True)
         except Exception as exc:  # noqa: BLE001 - bad input or a bug: a message, never a traceback
             ui.show_error(exc)
 

@@ -10,6 +10,7 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.proto.WidgetStates_pb2 import WidgetStates
 from streamlit.testing.v1 import AppTest
@@ -18,6 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # seconds per script run: torch import and the first model load are slow on a busy CPU
 PAGES = {"Model": "pages/1_Model.py", "Prompts": "pages/2_Prompts.py",
          "Patching": "pages/3_Patching.py", "Guide": "pages/9_Guide.py"}
+
+
+@pytest.fixture(autouse=True)
+def isolated_history(tmp_path, monkeypatch):
+    """Runs the app saves go to a throwaway history, never the user's (import this into a test module)."""
+    path = tmp_path / "history.sqlite3"
+    monkeypatch.setenv("PATCHCORE_HISTORY_DB", str(path))
+    return path
 
 
 def open_app(page: str | None = None, **params) -> AppTest:
