@@ -24,15 +24,16 @@ from .errors import PatchError
 def add_dataset_args(s) -> None:
     """Flags of `patchcore sweep` for datasets and history."""
     g = s.add_argument_group("datasets (many pairs: means with 95% bootstrap intervals)")
-    g.add_argument("--ioi", type=int, default=None, metavar="N",
-                   help="run N generated IOI pairs instead of one pair")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--ioi", type=int, default=None, metavar="N",
+                       help="run N generated IOI pairs instead of one pair")
     g.add_argument("--seed", type=int, default=0, help="seed of the IOI generator and the bootstrap (default 0)")
     g.add_argument("--corruption", default="swap", choices=["swap", "abc"],
                    help="IOI corruption: swap (S2 becomes the IO name) or abc (three other names)")
     g.add_argument("--templates", default="mixed", choices=["mixed", "baba", "abba"],
                    help="IOI template order (default: mixed BABA and ABBA)")
-    g.add_argument("--pairs", default=None, metavar="FILE",
-                   help="run the pairs in a CSV or JSONL file (columns clean, corrupted, answer, wrong)")
+    which.add_argument("--pairs", default=None, metavar="FILE",
+                       help="run the pairs in a CSV or JSONL file (columns clean, corrupted, answer, wrong)")
     g.add_argument("--length", type=int, default=None, metavar="T",
                    help="with --pairs and a per-position sweep: run the pairs of T tokens "
                         "(default: the largest group of equal length)")
