@@ -7,7 +7,6 @@ file names, reasons) is shown with st.text / st.dataframe / md_escape, never as 
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,35 +37,22 @@ class DatasetRun:
 def start_dataset_job(slot: str, model, dataset, sweep: str, directions: str, metric: str, *,
                       n_boot: int, seed: int, length: int | None, total: int, settings: dict) -> ui.Job:
     """Run a dataset on a worker thread (progress + Cancel via ui_common's job panel), then store it."""
-    job = ui.Job(total=max(1, total))
 
-    def progress(done, tot):
-        job.done, job.total, job.waiting = done, tot, False
-
-    def work():
+    def work(**callbacks):
+        kw = dict(n_boot=n_boot, seed=seed, length=length, **callbacks)
+        if directions == "both":
+            res = run_both(model, dataset, sweep, metric, **kw)
+        else:
+            res = run_dataset(model, dataset, sweep, directions, metric, **kw)
+        run = DatasetRun(res)
         try:
-            kw = dict(progress=progress, cancel=job.cancel.is_set, n_boot=n_boot, seed=seed, length=length,
-                      on_wait=lambda: setattr(job, "waiting", True))
-            if directions == "both":
-                res = run_both(model, dataset, sweep, metric, **kw)
-            else:
-                res = run_dataset(model, dataset, sweep, directions, metric, **kw)
-            run = DatasetRun(res)
-            try:
-                run.run_id = save_run(res, source="dashboard", settings=settings,
-                                      timings={"sweep_seconds": res.seconds})
-            except PatchError as exc:
-                run.history_error = exc.message
-            job.result = run
-        except BaseException as exc:  # noqa: BLE001 - handed to the page
-            job.error = exc
+            run.run_id = save_run(res, source="dashboard", settings=settings,
+                                  timings={"sweep_seconds": res.seconds})
+        except PatchError as exc:
+            run.history_error = exc.message
+        return run
 
-    job.thread = threading.Thread(target=work, name=f"patchcore-dataset-{slot}", daemon=True)
-    st.session_state[f"_job_{slot}"] = job
-    st.session_state.pop(f"_result_{slot}", None)
-    st.session_state.pop(f"_error_{slot}", None)
-    job.thread.start()
-    return job
+    return ui.start_job(slot, total, work)
 
 
 # --------------------------------------------------------------------------- showing results

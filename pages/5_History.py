@@ -158,21 +158,26 @@ with tab_compare:
         st.caption("Run A is the open run; run B is the one you pick. The heatmap shows A − B per cell. "
                    "Both runs need the same sweep and table shape (IOI datasets are matched by role).")
         c = st.columns(3)
-        other = c[0].selectbox("Run B", others, format_func=lambda i: run_label(by_id[i]), key="hist_compare")
+        other = c[0].selectbox("Run B", [None] + others, key="hist_compare",
+                               format_func=lambda i: "— choose a run —" if i is None else run_label(by_id[i]))
         value = c[1].segmented_control("Compare", ["normalized", "value"], default="normalized",
                                        format_func=uid.VIEWS.get, key="hist_compare_value") or "normalized"
-        needs_dir = isinstance(result, BothResult) or by_id[other].kind == "both"
+        needs_dir = isinstance(result, BothResult) or (other is not None and by_id[other].kind == "both")
         direction = c[2].radio("Direction", ["denoise", "noise"], horizontal=True, key="hist_compare_dir",
                                help="For runs with both directions: which one to compare.") if needs_dir else None
-        try:
-            other_result = history.get(other).open()
-            comp = compare(result, other_result, value=value, direction=direction)
-            for note in comp.notes:
-                st.info(ui.md_escape(note), icon=":material/info:")
-            head = position = None
-            if len(comp.a.axes) == 3:
-                head = st.selectbox("Head", range(comp.a.n_heads), key="hist_compare_head")
-            st.altair_chart(difference_heatmap(comp, head, position), key="hist_diff_chart")
-            st.caption(f"Largest difference: {comp.max_abs_diff:.3f}. Red: run A is higher; blue: run B is higher.")
-        except Exception as exc:  # noqa: BLE001 - different shapes etc.: a message
-            ui.show_error(exc)
+        if other is None:
+            st.caption("Pick run B to see the difference.")
+        else:
+            try:
+                other_result = history.get(other).open()
+                comp = compare(result, other_result, value=value, direction=direction)
+                for note in comp.notes:
+                    st.info(ui.md_escape(note), icon=":material/info:")
+                head = position = None
+                if len(comp.a.axes) == 3:
+                    head = st.selectbox("Head", range(comp.a.n_heads), key="hist_compare_head")
+                st.altair_chart(difference_heatmap(comp, head, position), key="hist_diff_chart")
+                st.caption(f"Largest difference: {comp.max_abs_diff:.3f}. Red: run A is higher; "
+                           f"blue: run B is higher.")
+            except Exception as exc:  # noqa: BLE001 - different shapes etc.: a message
+                ui.show_error(exc)

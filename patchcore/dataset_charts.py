@@ -216,12 +216,14 @@ def difference_heatmap(c: Comparison, head: int | None = None, position: int | N
                 alt.Tooltip("diff:Q", title="A − B", format=".3f")]
     x_enc = _x_encoding(r, x, c.labels)
     y_enc = alt.Y("layer:O", title="layer", sort="ascending")
-    rect = alt.Chart(df).mark_rect().encode(
+    df = df.assign(shown=df["diff"].round(2))
+    base = alt.Chart(df)
+    rect = base.mark_rect().encode(
         x=x_enc, y=y_enc, tooltip=tooltip,
         color=alt.Color("diff:Q", title=f"A − B ({what})",
                         scale=alt.Scale(scheme="redblue", reverse=True, domainMid=0, domain=[-extent, extent])))
     layers = [rect]
     if len(df) <= CELL_TEXT_LIMIT:
-        layers.append(alt.Chart(df.assign(shown=df["diff"].round(2))).mark_text(fontSize=9).encode(
+        layers.append(base.mark_text(fontSize=9).encode(
             x=x_enc, y=y_enc, text=alt.Text("shown:Q", format=".2f"), tooltip=tooltip))
     return alt.layer(*layers).properties(title=f"Difference: run A − run B ({what})", **_size(df, x))
