@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import threading
 import time
 from contextlib import contextmanager
@@ -232,6 +233,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PATCHCORE_CACHE_DIR", default))
 
 
+def _embedded_converted() -> Path:
+    return cache_dir() / "embedded-smollm2-135m-instruct-q4_1-v1"
+
+
+def load_embedded_tokenizer():
+    """Only the embedded model's tokenizer (cheap once the converted copy exists)."""
+    from transformers import AutoTokenizer
+
+    if not (_embedded_converted() / "model.safetensors").is_file():
+        return load_model(EMBEDDED).tokenizer  # first use: convert once, for everyone
+    return AutoTokenizer.from_pretrained(_embedded_converted())
+
+
 def _load_embedded(spec: ModelSpec, dtype: torch.dtype):
     """Load SmolLM2 from its GGUF file, keeping a dequantized copy for next time.
 
@@ -241,7 +255,7 @@ def _load_embedded(spec: ModelSpec, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = embedded_model_file()
-    converted = cache_dir() / "embedded-smollm2-135m-instruct-q4_1-v1"
+    converted = _embedded_converted()
     if (converted / "model.safetensors").is_file():
         tok = AutoTokenizer.from_pretrained(converted)
         return AutoModelForCausalLM.from_pretrained(converted, dtype=dtype), tok
@@ -254,8 +268,8 @@ def _load_embedded(spec: ModelSpec, dtype: torch.dtype):
         hf.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         os.replace(tmp, converted)  # atomic: a half-written copy is never used
-    except OSError:
-        pass  # read-only or full disk: fine, the next load converts again
+    except OSError:  # read-only or full disk, or another process won the race: fine
+        shutil.rmtree(tmp, ignore_errors=True)
     return hf.to(dtype), tok
 
 

@@ -84,13 +84,17 @@ def test_json_contract_and_csv(tmp_path):
 
 
 def test_default_sweep_prints_summary_and_table(capsys):
-    """No --json: the summary and a compact table on stdout (attn_pos on the default pair)."""
-    code, out, err = run_main(capsys, "sweep", "--sweep", "attn_pos", "--quiet")
+    """No --json: the summary and a compact table on stdout (attn_pos on a short pair)."""
+    code, out, err = run_main(capsys, "sweep", "--sweep", "attn_pos", "--quiet",
+                              "--clean", "When Anna met Tom, Tom said hi to",
+                              "--corrupted", "When Anna met Tom, Anna said hi to",
+                              "--answer", " Anna", "--wrong", " Tom")
     assert code == 0
     assert "Baseline:" in out and "Strongest effect" in out
     table = [l for l in out.splitlines() if l.strip().startswith(("layer", "0 ", "29 "))]
-    assert table[0].split()[0] == "layer" and len(table[0].split()) == 17  # 'layer' + 16 tokens
-    assert "480 patches" in out
+    n_tok = len(table[0].split()) - 1  # 'layer' + one column per token
+    assert table[0].split()[0] == "layer" and n_tok >= 8
+    assert f"{30 * n_tok} patches" in out
 
 
 def test_noise_direction_and_prob_metric_json(tmp_path, capsys):

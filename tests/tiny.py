@@ -36,8 +36,8 @@ FAMILIES = list(CONFIGS)
 
 @functools.lru_cache(maxsize=1)
 def embedded_tokenizer():
-    from patchcore.models import load_model
-    return load_model("embedded").tokenizer
+    from patchcore.models import load_embedded_tokenizer
+    return load_embedded_tokenizer()
 
 
 def build_hf(family: str, seed: int = 0, attn_implementation: str = "eager"):
