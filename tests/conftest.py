@@ -1,7 +1,9 @@
 """Shared fixtures: the embedded model (loaded once), tiny random models per family."""
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,10 @@ import torch
 TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:  # `from tiny import ...`, `from reference import ...`
     sys.path.insert(0, str(TESTS_DIR))
+
+# Run history written by tests (CLI runs, dashboard servers started as subprocesses)
+# goes to a throw-away folder, never the user's real history.
+os.environ["PATCHCORE_DATA_DIR"] = tempfile.mkdtemp(prefix="patchcore-test-data-")
 
 
 @pytest.fixture(scope="session")
