@@ -28,10 +28,14 @@ from patchcore.charts import chart_png, chart_svg, heatmap
 from patchcore.models import DTYPES, EMBEDDED, EMBEDDED_LABEL
 from patchcore.summary import cell_name, meaning, summarize
 
-try:  # lands later (another engineer): time estimate before a run
+try:  # optional parts of patchcore: the UI offers them when they are installed
     from patchcore.estimate import estimate_seconds
 except ImportError:  # pragma: no cover - depends on what is merged
     estimate_seconds = None
+try:
+    from patchcore.attribution import run_atp
+except ImportError:  # pragma: no cover
+    run_atp = None
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 VIEWS = {"normalized": "Normalised score", "value": "Raw metric"}
@@ -447,6 +451,10 @@ def show_result(result, slot: str, cell_key: str = "cell") -> None:
     """Warnings, heatmap with cell detail, plain-language summary and downloads.
 
     `cell_key` holds the selected cell as "layer,position[,head]" ("cell" is the one in the URL)."""
+    if result.method == "atp":
+        st.info("Fast preview: these values are estimates by attribution patching (a first-order "
+                "approximation from one backward pass), not exact patching. Press Run for exact values.",
+                icon=":material/bolt:")
     if result.sweep == "layer":
         st.info("Patching the whole residual stream at one layer restores everything after it, so "
                 "values near 1 at every layer are expected here and say little. Use "
@@ -513,14 +521,22 @@ def show_result(result, slot: str, cell_key: str = "cell") -> None:
 def plan_line(model, n_tokens: int, sweep: str) -> dict:
     """Cost before a run, with the estimated time when patchcore.estimate is available."""
     p = plan(model, n_tokens, sweep)
-    p["ui_batches"] = math.ceil(p["patches"] / ui_batch_size(model, n_tokens, sweep))
+    bs = ui_batch_size(model, n_tokens, sweep)
+    p["ui_batches"] = math.ceil(p["patches"] / bs)
     p["seconds"] = None
     if estimate_seconds is not None:
         try:
-            p["seconds"] = float(estimate_seconds(model, n_tokens, sweep))
+            p["seconds"] = float(estimate_seconds(model, n_tokens, sweep, batch_size=bs))
         except Exception:  # noqa: BLE001 - an estimate is optional
             p["seconds"] = None
     return p
+
+
+def start_preview(slot: str, model, pair: PromptPair, sweep: str, direction: str, metric: str) -> Job:
+    """Attribution patching (patchcore.attribution): every cell estimated from two forwards and a backward."""
+    prepared = prepare_pair(model.tokenizer, pair)
+    return start_job(slot, 1, lambda progress, cancel, on_wait: run_atp(
+        model, prepared, sweep, direction, metric, cancel=cancel, on_wait=on_wait))
 
 
 def baseline(model, prepared, metric: str):

@@ -65,12 +65,22 @@ else:
                     if p["seconds"] is not None else "No estimate available for this set-up.")
 
 busy = ui.job_running("patch")
-if st.button("Run", type="primary", icon=":material/play_arrow:", disabled=busy or (
-        model is not None and prepared is None), key="run_patch"):
+blocked = busy or (model is not None and prepared is None)
+b1, b2 = st.columns([1, 4])
+run = b1.button("Run", type="primary", icon=":material/play_arrow:", disabled=blocked, key="run_patch",
+                help="Exact patching: one patched forward pass per cell.")
+preview = ui.run_atp is not None and b2.button(
+    "Fast preview", icon=":material/bolt:", disabled=blocked, key="preview_patch",
+    help="Attribution patching: estimates every cell from two forward passes and one backward "
+         "pass – seconds instead of minutes, but approximate (weakest on the residual stream).")
+if run or preview:
     model = model or ui.get_model()
     if model is not None:
         try:
-            ui.start_sweep("patch", model, pair, sweep, direction, metric, save=True)
+            if run:
+                ui.start_sweep("patch", model, pair, sweep, direction, metric, save=True)
+            else:
+                ui.start_preview("patch", model, pair, sweep, direction, metric)
         except Exception as exc:  # noqa: BLE001 - bad input or a bug: a message, never a traceback
             ui.show_error(exc)
 

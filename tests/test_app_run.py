@@ -111,6 +111,24 @@ def test_patching_page_run_shows_the_result_and_records_it(isolated_history):
     assert History(isolated_history).get(run.id).open().values.tolist() == result.values.tolist()
 
 
+@pytest.mark.embedded
+def test_fast_preview_shows_an_attribution_estimate(isolated_history):
+    pytest.importorskip("patchcore.attribution")  # another engineer's module; offered when installed
+    pair = PRESETS["capital"].pair
+    at = open_app("Patching", sweep="attn_pos", clean=pair.clean, corrupted=pair.corrupted,
+                  answer=pair.answer, wrong=pair.wrong)
+    at.button(key="preview_patch").click().run()
+    no_exception(at)
+    wait_for_job(at, "patch")
+    no_exception(at)
+    result = at.session_state["_result_patch"]
+    assert result.method == "atp" and result.sweep == "attn_pos"
+    assert any("Fast preview" in i.value for i in at.info)  # said to be an estimate
+    data = chart_data(charts(at)[0]).sort_values(["layer", "position"])
+    np.testing.assert_allclose(data["value"], result.values.reshape(-1), rtol=1e-6)
+    assert History(isolated_history).list() == []  # previews are not stored as runs
+
+
 # ----------------------------------------------------------------- results on a tiny model (fast)
 
 @pytest.fixture(scope="module")
