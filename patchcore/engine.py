@@ -106,13 +106,17 @@ def run_sweep(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = 
     source = [act[src_row] for act in base.cache]
     base_ids = torch.tensor(base_ids)
     out = np.empty(len(cells), dtype=np.float64)
+    # A backend may run the cells in another order (HookBackend.order: position-major, so
+    # batches share a cached prefix); `perm` maps run order to sweep order for write-back.
+    perm = backend.order(cells, spec.component, skip_lower) if hasattr(backend, "order") else None
+    run_cells = cells if perm is None else cells[perm]
     done, rows_run = 0, 2
     if progress:
         progress(0, len(cells))
     while done < len(cells):
         if cancel is not None and cancel():
             raise Cancelled()
-        chunk = cells[done:done + bs]
+        chunk = run_cells[done:done + bs]
         try:
             with model.locked(cancel, on_wait), torch.inference_mode():
                 logits = backend.patched(base_ids, source, chunk, spec.component, skip_lower)
@@ -127,7 +131,8 @@ def run_sweep(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = 
                                  "Use a smaller model, a shorter prompt, or a GPU.") from exc
             raise
         vals = compute_metric(metric, logits, prepared.answer_id, prepared.wrong_id)
-        out[done:done + len(chunk)] = vals.double().cpu().numpy()
+        where = slice(done, done + len(chunk)) if perm is None else perm[done:done + len(chunk)]
+        out[where] = vals.double().cpu().numpy()
         done += len(chunk)
         rows_run += len(chunk)
         if progress:
