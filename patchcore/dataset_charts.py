@@ -22,8 +22,10 @@ def _x_encoding(r, x: str, labels=None):
     if x == "position":
         labels = json.dumps([str(t).strip() or repr(t) for t in (labels or r.tokens)])
         title = "role" if getattr(r, "aligned_by", "") == "role" else "token position"
-        return alt.X("position:O", title=title, axis=alt.Axis(labelExpr=f"{labels}[datum.value]",
-                                                              labelAngle=-45))
+        # the title sits on the axis, not the field: a cell's aria-label then reads 'position: 5',
+        # and its role/token reads from the tooltip field
+        return alt.X("position:O", axis=alt.Axis(title=title, labelExpr=f"{labels}[datum.value]",
+                                                 labelAngle=-45, labelOverlap=False))
     if x == "head":
         return alt.X("head:O", title="head")
     return alt.X("column:N", title=None)
