@@ -49,9 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
     s.add_argument("--csv", default=None, metavar="PATH", help="write the tidy table as CSV")
     s.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    s.add_argument("--method", default="exact", choices=["exact", "atp"],
+                   help="exact patching, or atp: attribution patching, an estimate of every cell "
+                        "from two forwards and one backward")
+    s.add_argument("--check-top", type=int, default=0, metavar="K",
+                   help="with --method atp: also run the K highest-ranked cells exactly")
+    s.add_argument("--compare-exact", action="store_true",
+                   help="with --method atp: run the exact sweep too and report the agreement")
     s.add_argument("--remote", action="store_true",
                    help="run on NDIF with nnsight (key from NDIF_API_KEY); --model is a hub id; "
                         "see docs/ndif.md")
+    b = sub.add_parser("bench", help="benchmark: seed loop vs plain batched hooks vs patchcore",
+                       add_help=False)
+    b.add_argument("rest", nargs=argparse.REMAINDER)
     from .cli_runs import add_dataset_args, add_runs_parser  # datasets, run history (issue 5)
     add_dataset_args(s)
     add_runs_parser(sub)
@@ -97,12 +107,36 @@ def cmd_sweep(args) -> int:
                                  revision=args.revision, trust_remote_code=args.trust_remote_code))
     if is_dataset(args):  # --ioi N / --pairs FILE: means over pairs with intervals
         result = run_dataset_cli(args, model, progress=_progress(args.quiet))
+    elif args.method == "atp":
+        return cmd_atp(args, model)
     else:
         pair = PromptPair(args.clean, args.corrupted, args.answer, args.wrong)
         result = run_sweep(model, pair, args.sweep, args.direction, args.metric,
                            batch_size=args.batch_size, progress=_progress(args.quiet))
     store_cli_run(args, result, load_seconds=model.load_seconds)
     return write_outputs(args, result, summary_lines)
+
+
+def cmd_atp(args, model) -> int:
+    """Attribution patching: the estimate, then optional exact checks of it."""
+    from .attribution import agreement, agreement_text, check_top_k, run_atp
+    from .cli_runs import store_cli_run, summary_lines
+    from .engine import run_sweep
+    from .prompts import PromptPair
+
+    pair = PromptPair(args.clean, args.corrupted, args.answer, args.wrong)
+    result = run_atp(model, pair, args.sweep, args.direction, args.metric)
+    store_cli_run(args, result, load_seconds=model.load_seconds)
+    code = write_outputs(args, result, summary_lines)
+    if args.check_top > 0:
+        table = check_top_k(model, pair, result, k=args.check_top)
+        print(f"\nTop {args.check_top} cells by the estimate, run exactly:")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.compare_exact:
+        exact = run_sweep(model, pair, args.sweep, args.direction, args.metric,
+                          batch_size=args.batch_size, progress=_progress(args.quiet))
+        print("\n" + agreement_text(agreement(result, exact)))
+    return code
 
 
 def cmd_remote_sweep(args) -> int:
@@ -145,6 +179,10 @@ def main(argv=None) -> int:
     _quiet_libraries()
     from .errors import PatchError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own parser: every argument after 'bench' is the benchmark's
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -116,3 +116,21 @@ def test_remote_without_key_or_with_the_embedded_model_says_what_to_do(capsys, m
     assert code == 2 and "NDIF_API_KEY" in err and len(err.strip().splitlines()) == 1
     code, out, err = run_main(capsys, "sweep", "--remote")
     assert code == 2 and "needs a hub id" in err
+
+
+def test_atp_method_with_top_k_check_and_agreement(capsys, tmp_path):
+    path = tmp_path / "atp.json"
+    code, out, err = run_main(capsys, "sweep", "--method", "atp", "--sweep", "head",
+                              "--check-top", "3", "--compare-exact", "--quiet", "--json", str(path))
+    assert code == 0, err
+    d = json.loads(path.read_text())
+    assert d["method"] == "atp" and d["axes"] == ["layer", "head"] and len(d["values"]) == 30
+    assert "Top 3 cells by the estimate, run exactly" in out
+    assert "Spearman" in out
+
+
+def test_bench_subcommand_passes_its_arguments_through(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--help"])
+    assert exc.value.code == 0
+    assert "--seed-patches" in capsys.readouterr().out
