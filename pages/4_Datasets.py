@@ -5,7 +5,7 @@ import streamlit as st
 import ui_common as ui
 import ui_datasets as uid
 from patchcore import METRICS, SWEEPS
-from patchcore.dataset_run import plan_dataset
+from patchcore.dataset_run import estimate_dataset_seconds, plan_dataset
 from patchcore.datasets import (CORRUPTIONS, MAX_IOI_PAIRS, MAX_UPLOAD_BYTES, MAX_UPLOAD_PAIRS, ROLE_HELP,
                                 TEMPLATE_SETS, for_sweep, generate_ioi, length_groups, parse_upload)
 
@@ -122,14 +122,13 @@ if dataset is not None:
             m = st.columns(3)
             m[0].metric("Pairs", f"{p['pairs']:,}")
             m[1].metric("Patches", f"{p['patches']:,}", help="Cells × pairs × directions.")
-            est = None
-            if ui.estimate_seconds is not None:
-                try:
-                    est = n_dirs * sum(float(ui.estimate_seconds(model, it.n_tokens, sweep))
-                                       for it in runnable.items)
-                except Exception:  # noqa: BLE001 - an estimate is optional
-                    est = None
-            m[2].metric("Estimated time", "—" if est is None else f"~{est:.0f} s")
+            try:
+                est = estimate_dataset_seconds(model, runnable, sweep, n_dirs)
+            except Exception:  # noqa: BLE001 - an estimate is optional
+                est = None
+            m[2].metric("Estimated time", "—" if est is None else
+                        (f"~{est:.0f} s" if est < 120 else f"~{est / 60:.0f} min"),
+                        help="A rough guess from this model's speed; other work on the machine slows it.")
             rows = [{"#": i + 1, "clean": it.pair.clean, "corrupted": it.pair.corrupted,
                      "answer": it.pair.answer, "wrong": it.pair.wrong, "tokens": it.n_tokens}
                     | ({"line": it.line} if it.line is not None else {})

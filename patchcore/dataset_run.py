@@ -234,6 +234,30 @@ def plan_dataset(model: LoadedModel, pairs, sweep: str = "layer_pos", directions
     return {"pairs": len(ds), "patches": patches * directions, "notes": list(ds.notes)}
 
 
+def estimate_dataset_seconds(model: LoadedModel, pairs, sweep: str = "layer_pos", directions: int = 1,
+                             length: int | None = None) -> float | None:
+    """Rough time before a run: the engine's per-sweep estimate summed over pairs, scaled down
+    for the positions SamePrefixSkip does not run. None when no estimate is available."""
+    try:
+        from .estimate import estimate_seconds
+    except ImportError:  # pragma: no cover - depends on what is installed
+        return None
+    spec = get_sweep(sweep)
+    ds = for_sweep(_as_dataset(pairs, model), spec.per_position, model.tokenizer, length)
+    per_len: dict[int, float] = {}
+    total = 0.0
+    for it in ds.items:
+        prep = prepare_pair(model.tokenizer, it.pair)
+        n = prep.n_tokens
+        if n not in per_len:
+            per_len[n] = float(estimate_seconds(model, n, sweep))
+        share = 1.0
+        if spec.per_position and prep.diff_positions:
+            share = (n - min(prep.diff_positions)) / n
+        total += per_len[n] * share
+    return total * directions
+
+
 def run_dataset(model: LoadedModel, pairs, sweep: str = "layer_pos", direction: str = "denoise",
                 metric: str = "logit_diff", *, progress=None, cancel=None, on_wait=None,
                 n_boot: int = DEFAULT_N_BOOT, seed: int = 0, level: float = DEFAULT_LEVEL,
