@@ -203,6 +203,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("patchcore: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `patchcore runs show 1 | head`: the reader left, not an error
+        sys.stderr.close()
+        return 0
     return 0
 
 
