@@ -19,6 +19,7 @@ stream, the first layer's MLP, and saturated attention (Kramár et al. 2024, "At
 from __future__ import annotations
 
 import datetime as _dt
+import inspect
 import time
 from contextlib import ExitStack, contextmanager
 
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .engine import make_backend, run_baseline
+from .engine import make_backend, result_warnings, run_baseline
 from .hooks import _first
 from .metrics import check_metric, compute_metric, top_tokens
 from .models import LoadedModel
@@ -83,10 +84,9 @@ def _atp_forward(model: LoadedModel, ids: torch.Tensor, component: str, base_row
         kw = {"use_cache": False}
         if attn_ok:
             kw["output_attentions"] = True
-        try:
-            out = hf(input_ids=ids.to(model.device), logits_to_keep=1, **kw)
-        except TypeError:  # a model without logits_to_keep
-            out = hf(input_ids=ids.to(model.device), **kw)
+        if "logits_to_keep" in inspect.signature(hf.forward).parameters:
+            kw["logits_to_keep"] = 1
+        out = hf(input_ids=ids.to(model.device), **kw)
     logits = out.logits[:, -1, :]
     value = compute_metric(metric, logits[base_row:base_row + 1], answer_id, wrong_id).sum()
     grads = torch.autograd.grad(value, acts, allow_unused=True)
@@ -171,7 +171,6 @@ def run_atp(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = "l
         diff_positions=prepared.diff_positions,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    from .engine import result_warnings
     result.warnings.extend(result_warnings(result))
     result.warnings.extend(atp_warnings(spec, amax, prepared.n_tokens))
     return result

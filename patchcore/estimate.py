@@ -1,15 +1,13 @@
 """How long a sweep will take, before it runs.
 
-One quick calibration per loaded model (a few small timed forwards, ~0.1–1 s on a
-CPU, cached for the model's lifetime) fits
+The local backend plans its forwards with a cost model (hooks.CostModel: token-layers
+of work plus a fixed cost per block call and per forward). One quick calibration per
+loaded model (two small timed forwards, cached for the model's lifetime) turns that
+unit into seconds on this machine; the estimate is the plan's total cost for the
+sweep (its batches, and each forward's lowest layer and position) times that.
 
-    seconds(forward) = fixed + per_token_layer * token-layers
-
-and the estimate sums that over the forwards the local backend will actually run
-for the sweep (its batching plan: batches, lowest layer and position of each).
-
-Never blocks behind a running sweep: when the model is busy and not yet
-calibrated, the estimate falls back to a rough guess from the model's size.
+Never blocks behind a running sweep: while another run holds the model and it is
+not calibrated yet, the estimate falls back to a rough guess from the model's size.
 """
 from __future__ import annotations
 
@@ -17,24 +15,20 @@ import time
 import weakref
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .engine import batch_rows
-from .hooks import _PREFIX_OK, HookBackend, token_layer_flops
+from .hooks import HookBackend, forward_cost, token_layer_flops
 from .models import LoadedModel
 from .sweeps import get_sweep
 
 # rough sustained fp32 throughput when the model is busy and cannot be timed
 _GUESS_FLOPS = {"cpu": 2e10, "cuda": 2e13, "mps": 2e12}
-_GUESS_FIXED_PER_LAYER_S = {"cpu": 3e-4, "cuda": 1e-4, "mps": 2e-4}
 
 
 @dataclass(frozen=True)
 class Calibration:
-    fixed_s: float            # per forward pass, whatever its size
-    per_token_layer_s: float  # one token through one block
-    head_rows: float          # the unembedding of one row, in token-layers
+    unit_s: float             # seconds per unit of the backend's cost model (~ one token-layer)
     measured: bool = True     # False: a guess from the model's size (the model was busy)
 
 
@@ -67,16 +61,8 @@ def _time_forward(model: LoadedModel, rows: int, tokens: int, repeats: int = 2) 
     return best
 
 
-def _guess(model: LoadedModel) -> Calibration:
-    c = model.components
-    dev = torch.device(model.device).type
-    head = c.vocab_size * c.d_model * 2.0 / token_layer_flops(c)
-    return Calibration(_GUESS_FIXED_PER_LAYER_S.get(dev, 3e-4) * c.n_layers,
-                       token_layer_flops(c) / _GUESS_FLOPS.get(dev, 2e10), head, measured=False)
-
-
 def calibrate(model: LoadedModel, refresh: bool = False, wait: bool = True) -> Calibration:
-    """Time a tiny and a small forward on this model (cached per model).
+    """Seconds per cost unit on this model and machine, from two timed forwards (cached).
 
     wait=False: if another run holds the model, return a rough guess instead (not cached).
     """
@@ -84,60 +70,57 @@ def calibrate(model: LoadedModel, refresh: bool = False, wait: bool = True) -> C
     if cal is not None:
         return cal
     if not model.lock.acquire(blocking=wait):
-        return _guess(model)
+        dev = torch.device(model.device).type
+        return Calibration(token_layer_flops(model.components) / _GUESS_FLOPS.get(dev, 2e10), False)
+    points = [(1, 8), (2, 32)]
     try:
-        c = model.components
-        small = _time_forward(model, 1, 4)
-        rows, toks = 2, 16
-        big = _time_forward(model, rows, toks)
+        seconds = [_time_forward(model, r, t, repeats=2 if r == 1 else 1) for r, t in points]
     finally:
         model.lock.release()
-    head = c.vocab_size * c.d_model * 2.0 / token_layer_flops(c)
-    w_small = 4 * c.n_layers + head
-    w_big = rows * toks * c.n_layers + rows * head
-    per = max((big - small) / (w_big - w_small), 1e-12)
-    fixed = max(small - per * w_small, 0.0)
-    cal = Calibration(fixed, per, head)
+    cm, L = HookBackend(model).cost, model.components.n_layers
+    units = [forward_cost(r, t, 0, L, cm, False) for r, t in points]
+    cal = Calibration(max(sum(seconds) / sum(units), 1e-12))
     _CALIBRATIONS[model.hf] = cal
     return cal
 
 
 def forward_work(model: LoadedModel, n_tokens: int, sweep: str, batch_size: int | None = None,
                  skip_lower: bool = True) -> tuple[int, float]:
-    """(forward passes, token-layers of work) the local backend will run for a sweep."""
+    """(forward passes, cost units) the local backend will spend on a sweep, baseline included."""
     spec = get_sweep(sweep)
     c = model.components
-    cells = spec.cells(c.n_layers, n_tokens, c.n_heads)
+    T, L = n_tokens, c.n_layers
+    cells = spec.cells(L, T, c.n_heads)
     backend = HookBackend(model)
-    prefix_ok = _PREFIX_OK.get(model.hf)
-    if prefix_ok is None and skip_lower and model.lock.acquire(blocking=False):
+    cm = backend.cost
+    sup = backend.support(check=False)
+    if sup is None and skip_lower and model.lock.acquire(blocking=False):
         try:
-            prefix_ok = backend._prefix_supported()   # two small forwards, once per model
+            sup = backend.support()          # two small forwards, once per model
         finally:
             model.lock.release()
-    if prefix_ok is None:
-        prefix_ok = True    # busy model, not checked yet: the usual case
+    if sup is None:
+        sup = {"prefix": True, "sliced": True, "skip": True}   # busy, unchecked: the usual case
     perm = backend.order(cells, spec.component, skip_lower)
     if perm is not None:
         cells = cells[perm]
-    bs = batch_size or batch_rows(model, n_tokens)
-    shift = 1 if spec.component == "resid" and skip_lower else 0
-    L = c.n_layers
-    forwards, work = 1, 2.0 * n_tokens * L            # the baseline: both prompts
-    prefixes = set()                                  # one-row runs of each cached prefix
+    bs = batch_size or batch_rows(model, T)
+    shift = 1 if spec.component == "resid" else 0
+    forwards, work = 1, forward_cost(2, T, 0, L, cm, False)       # the baseline: both prompts
+    if skip_lower:                                                # the base prompt's own run
+        forwards, work = forwards + 1, work + forward_cost(1, T, 0, L, cm, False)
+    prefixes = set()
     for start in range(0, len(cells), bs):
         chunk = cells[start:start + bs]
-        for g in backend.plan(chunk, n_tokens, spec.component, skip_lower, prefix_ok=prefix_ok):
-            r = len(g.idx)
-            if not skip_lower:
-                work += r * n_tokens * L
-            else:
-                l0 = min(g.layer + shift, L)
-                work += (n_tokens - g.pos) * (r * (L - l0) + l0)
-                if g.pos > 0 and g.pos not in prefixes:
-                    prefixes.add(g.pos)
-                    forwards, work = forwards + 1, work + g.pos * L
+        for g in backend.plan(chunk, T, spec.component, skip_lower, support=sup):
             forwards += 1
+            if not skip_lower:
+                work += forward_cost(len(g.idx), T, 0, L, cm, False)
+                continue
+            work += forward_cost(len(g.idx), T - g.pos, g.layer + shift, L, cm, not sup["skip"])
+            if g.pos > 0 and not sup["sliced"] and g.pos not in prefixes:   # a prefix run
+                prefixes.add(g.pos)
+                forwards, work = forwards + 1, work + forward_cost(1, g.pos, 0, L, cm, False)
     return forwards, work
 
 
@@ -145,24 +128,22 @@ def estimate_seconds(model: LoadedModel, n_tokens: int, sweep: str, *, method: s
                      batch_size: int | None = None, skip_lower: bool = True) -> float:
     """Seconds a sweep should take on this machine (method 'exact' or 'atp').
 
-    The first call on a free model times a few small forwards; while another run holds
+    The first call on a free model times two small forwards; while another run holds
     the model it guesses from the model's size instead of waiting. Later calls are
     arithmetic on a cached plan.
     """
     cal = calibrate(model, wait=False)
-    c = model.components
+    cm, L = HookBackend(model).cost, model.components.n_layers
     if method == "atp":
-        # one forward of both prompts plus a backward (~2 forwards), on eager attention
-        return cal.fixed_s * 3 + cal.per_token_layer_s * 3 * (2 * n_tokens * c.n_layers + 2 * cal.head_rows)
+        # one forward of both prompts with gradients kept, then a backward (~2 forwards)
+        return 3 * cal.unit_s * forward_cost(2, n_tokens, 0, L, cm, False)
+    get_sweep(sweep)
     key = (n_tokens, sweep, batch_size or batch_rows(model, n_tokens), bool(skip_lower))
     memo = _ESTIMATES.setdefault(model.hf, {})
     if key in memo:
         forwards, work = memo[key]
     else:
         forwards, work = forward_work(model, n_tokens, sweep, batch_size, skip_lower)
-        if _PREFIX_OK.get(model.hf) is not None:      # not planned on a guess
+        if HookBackend(model).support(check=False) is not None:   # not planned on a guess
             memo[key] = (forwards, work)
-    spec = get_sweep(sweep)
-    n_cells = int(np.prod(spec.shape(c.n_layers, n_tokens, c.n_heads)))
-    work += (n_cells + 2) * cal.head_rows
-    return cal.fixed_s * forwards + cal.per_token_layer_s * work
+    return cal.unit_s * work

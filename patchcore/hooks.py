@@ -7,23 +7,28 @@ Exact shortcuts (each gives the same numbers as the plain path, up to float
 rounding; tests/test_fast_paths.py checks every family, sweep and direction):
 
 - Only the last position's logits are computed (`logits_to_keep=1`).
-- Skip lower layers: a patch at layer l changes nothing below l, so the layers
-  below a forward's lowest patched layer run once on ONE row, and the hidden
-  state is widened to all rows where the first patch lands. A residual-stream
-  patch at layer l is written into the *input* of block l+1 (the same tensor
-  as the output of block l), so block l itself also runs on one row.
+- Skip lower layers: a patch at layer l changes nothing below l. The blocks below
+  a forward's first patch site return the base prompt's own outputs (recorded once
+  per prompt) without computing, and the hidden state is widened to all rows where
+  the first patch lands. A residual-stream patch at layer l is written into the
+  *input* of block l+1 (the same tensor as block l's output), so block l is not run
+  on the batch either.
 - Reuse the prefix: a patch at position p changes nothing before p (causal
   attention), so a forward whose patches all sit at positions >= p0 takes the
-  keys/values of positions < p0 from a one-row run of the prompt prefix
-  (transformers' own cache, widened to the batch rows for the layers that run
-  batched) and runs only positions p0..T-1. The first use on a model checks
-  the cache path against a plain forward; a family where it does not hold (or
-  fails) falls back to the plain positions silently.
+  keys/values of positions < p0 from the base prompt's cache (transformers' own
+  cache: cut from the whole prompt's cache, or, for sliding-window models, from a
+  one-row run of the prefix), widened to the batch rows, and runs only positions
+  p0..T-1.
 - Grouping: `order()` sorts a sweep's cells by position, then layer (the engine
   runs them in that order and writes results back in the sweep's order), and
   `patched()` splits each batch into forwards with a shared (lowest layer,
-  lowest position) corner, chosen by a small dynamic programme over a cost
-  model (token-layers of work plus a per-forward overhead).
+  lowest position) corner, chosen by a small dynamic programme over a cost model
+  (CostModel: work in token-layers plus a fixed cost per block call and per
+  forward; on a CPU mostly reading weights from memory).
+
+The first use on a model checks each shortcut against a plain forward on a random
+prompt (HookBackend.support); one that does not hold for a family (or fails) is
+left out for that model, and the plain computation runs instead.
 """
 from __future__ import annotations
 
@@ -95,10 +100,23 @@ def apply_patch(x: torch.Tensor, src: torch.Tensor, rows, pos, heads, n_heads: i
 
 # -- planning -------------------------------------------------------------------
 
-# Fixed cost of one forward per layer (Python, kernel launches), in floating-point
-# operations it could have done instead. Rough: ~0.3 ms per layer at ~50 GFLOP/s on a
-# CPU; ~0.1 ms per layer at ~100 TFLOP/s on a GPU (where fewer, larger forwards win).
-OVERHEAD_FLOPS = {"cpu": 2e7, "cuda": 1e10, "mps": 1e9}
+@dataclass(frozen=True)
+class CostModel:
+    """What one forward costs, in token-layers (one token through one block's matmuls).
+
+    A block run on M token rows costs max(M, min_tokens) + layer_overhead. On a CPU the
+    overhead is mostly reading the block's weights from memory (about 16 tokens' worth
+    of arithmetic at a typical flops-to-bandwidth balance) plus Python; on a GPU it is
+    kernel launches, and small products are no cheaper than min_tokens rows. Every
+    forward also reads the unembedding (unembed_layers blocks' worth of weights) and
+    computes one row of logits per patch.
+    """
+    min_tokens: float = 0.0
+    layer_overhead: float = 16.0
+    unembed_layers: float = 1.0
+
+    def block(self, m: float) -> float:
+        return max(m, self.min_tokens) + self.layer_overhead
 
 
 @dataclass
@@ -118,20 +136,48 @@ def token_layer_flops(components) -> float:
     return 2.0 * (attn + mlp)
 
 
-def plan_groups(cells: np.ndarray, n_tokens: int, n_layers: int, shift: int = 0,
-                overhead: float = 0.0, reuse_prefix: bool = True, max_merge: int = 8) -> list[Group]:
-    """Split cells (n, 3) into forwards that minimise the modelled work.
+def cost_model(components, device) -> CostModel:
+    """Defaults per device type (rough; only the plan's shape depends on them)."""
+    tlf = token_layer_flops(components)
+    unembed = 2.0 * components.vocab_size * components.d_model / tlf
+    kind = torch.device(device).type
+    if kind == "cuda":   # ~100 us of launches per block call, small products cost the same
+        return CostModel(min_tokens=1024.0, layer_overhead=1e10 / tlf, unembed_layers=1.0)
+    if kind == "mps":
+        return CostModel(min_tokens=256.0, layer_overhead=1e9 / tlf, unembed_layers=1.0)
+    # CPU: weights streamed from memory per block call (~16 tokens) + ~0.3 ms of Python
+    return CostModel(min_tokens=0.0, layer_overhead=16.0 + 2e7 / tlf, unembed_layers=unembed)
 
-    The work of a forward with r rows, lowest layer l0 and lowest position p0 is
-    (T - p0) * (r * (L - l0 - shift) + l0 + shift) token-layers (batched rows above the
-    first patch site, one row below it), plus `overhead` token-layers per forward.
-    shift = 1 for residual patches (they land in the next block's input). Positions
-    are grouped in contiguous runs (at most max_merge distinct positions), layers in
-    contiguous runs within each position group.
+
+def forward_cost(rows: int, tokens: int, first_batched: int, n_layers: int, cm: CostModel,
+                 run_lower: bool) -> float:
+    """Token-layers of one forward: `rows` rows over `tokens` positions from block first_batched
+    up; below it one row (run_lower) or nothing (lower blocks served from the base run);
+    then the unembedding (one row of logits per patch)."""
+    fb = min(first_batched, n_layers)
+    cost = (n_layers - fb) * cm.block(rows * tokens)
+    cost += (cm.unembed_layers + 1) * cm.layer_overhead + rows * cm.unembed_layers
+    if run_lower:
+        cost += fb * cm.block(tokens)
+    return cost
+
+
+def plan_groups(cells: np.ndarray, n_tokens: int, n_layers: int, shift: int = 0,
+                cm: CostModel | None = None, reuse_prefix: bool = True, run_lower: bool = False,
+                prefix_run_cost: bool = False, max_merge: int = 8) -> list[Group]:
+    """Split cells (n, 3) into forwards that minimise the modelled cost (forward_cost).
+
+    A forward's rows share its lowest patched layer l0 and position p0: blocks from
+    l0 + shift run on all rows for positions p0..T-1 (shift = 1 for residual patches,
+    which land in the next block's input). prefix_run_cost: each distinct p0 > 0 also
+    costs a one-row forward of the prefix. Positions are grouped in contiguous runs (up
+    to max_merge distinct positions, or longer runs of power-of-two length or from the
+    first position), layers in contiguous runs within each.
     """
     n = len(cells)
     if n == 0:
         return []
+    cm = cm or CostModel()
     T, L = n_tokens, n_layers
     pos = cells[:, 1].copy()
     pos[pos < 0] = 0                      # 'all positions' patches start at position 0
@@ -147,32 +193,40 @@ def plan_groups(cells: np.ndarray, n_tokens: int, n_layers: int, shift: int = 0,
         """Best split of positions upos[a:b] into layer runs: (cost, [(l_lo, l_hi)])."""
         cnt = csum[b] - csum[a]
         lay = np.nonzero(cnt)[0]
-        c = cnt[lay]
         tok = T - int(upos[a])
         k = len(lay)
-        pre = np.concatenate([[0], np.cumsum(c)])
-        best = [0.0] + [np.inf] * k
-        arg = [0] * (k + 1)
-        for m in range(1, k + 1):
-            for i in range(m):
-                l0 = int(lay[i]) + shift
-                rows = int(pre[m] - pre[i])
-                cost = best[i] + tok * (rows * max(L - l0, 0) + min(l0, L)) + overhead
-                if cost < best[m]:
-                    best[m], arg[m] = cost, i
+        pre = np.concatenate([[0], np.cumsum(cnt[lay])]).astype(np.float64)
+        fb = np.minimum(lay + shift, L).astype(np.float64)        # first batched block per start
+        lower = fb * cm.block(tok) if run_lower else np.zeros(k)
+        fixed = (cm.unembed_layers + 1) * cm.layer_overhead
+        best = np.full(k + 1, np.inf)
+        best[0] = 0.0
+        arg = np.zeros(k + 1, dtype=np.int64)
+        for m in range(1, k + 1):       # cells lay[i..m-1] in one forward, starting at lay[i]
+            rows = pre[m] - pre[:m]
+            cost = (best[:m] + (L - fb[:m]) * (np.maximum(rows * tok, cm.min_tokens) + cm.layer_overhead)
+                    + fixed + rows * cm.unembed_layers + lower[:m])
+            i = int(np.argmin(cost))
+            best[m], arg[m] = cost[i], i
         runs, m = [], k
         while m > 0:
-            i = arg[m]
+            i = int(arg[m])
             runs.append((int(lay[i]), int(lay[m - 1])))
             m = i
-        return best[k], runs[::-1]
+        return float(best[k]), runs[::-1]
 
     P = len(upos)
     best = [0.0] + [np.inf] * P
     arg: list = [None] * (P + 1)
+    # a position group is any run of up to max_merge distinct positions, or a longer run
+    # whose length is a power of two / starts at the first position (keeps the search small)
     for b in range(1, P + 1):
-        for a in range(max(0, b - max_merge), b):
+        starts = set(range(max(0, b - max_merge), b)) | {0}
+        starts |= {b - 2 ** k for k in range(3, int(np.log2(max(b, 1))) + 1)}
+        for a in sorted(starts):
             cost, runs = layer_split(a, b)
+            if prefix_run_cost and upos[a] > 0:   # the one-row run that caches the prefix
+                cost += forward_cost(1, int(upos[a]), 0, L, cm, False)
             if best[a] + cost < best[b]:
                 best[b], arg[b] = best[a] + cost, (a, runs)
     groups, b = [], P
@@ -186,23 +240,75 @@ def plan_groups(cells: np.ndarray, n_tokens: int, n_layers: int, shift: int = 0,
     return groups[::-1]
 
 
-# transformers models on which the cached-prefix path was checked (True) or failed (False)
-_PREFIX_OK: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
+# per transformers model: which shortcuts were checked to hold (see HookBackend.support)
+_SUPPORT: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def _slice_cache(full, p0: int):
+    """A cache of the first p0 positions, cut from a cache of the whole prompt.
+
+    Only for caches whose layers all keep every position (no sliding window): their
+    state is just keys and values. Others return None (a prefix run is needed).
+    """
+    layers = getattr(full, "layers", None)
+    if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+        return None
+    cache = copy.copy(full)
+    cache.layers = []
+    for layer in layers:
+        cut = copy.copy(layer)
+        cut.keys = layer.keys[..., :p0, :]
+        cut.values = layer.values[..., :p0, :]
+        cache.layers.append(cut)
+    return cache
+
+
+def _widen_cache(base, rows: int, from_layer: int):
+    """A fresh copy of a cache, its layers from from_layer up widened to `rows` rows."""
+    cache = copy.copy(base)          # update() rebinds tensors, never writes into them
+    cache.layers = [copy.copy(layer) for layer in base.layers]
+    for i, layer in enumerate(cache.layers):
+        keys = getattr(layer, "keys", None)
+        if i >= from_layer and rows > 1 and keys is not None and keys.dim() == 4:
+            layer.keys = keys.expand(rows, -1, -1, -1)
+            layer.values = layer.values.expand(rows, -1, -1, -1)
+    return cache
+
+
+def _skip_block(stack: ExitStack, block: torch.nn.Module, output: torch.Tensor) -> None:
+    """Until the stack closes, calling `block` returns `output` without computing anything."""
+    had = "forward" in block.__dict__
+    old = block.__dict__.get("forward")
+    block.forward = lambda *args, **kwargs: output
+
+    def restore():
+        if had:
+            block.forward = old
+        else:
+            del block.forward
+    stack.callback(restore)
 
 
 class HookBackend:
     """Runs baseline and patched forwards on a local model with torch hooks.
 
     reuse_prefix: take keys/values of positions before a forward's first patched
-    position from a cached run of the prompt prefix (exact; see module docstring).
+    position from the base prompt's cached run (exact; see module docstring).
     group: split each batch into forwards that share a lowest layer/position.
+    cost: the CostModel the grouping minimises (default: cost_model() for the device).
     Both apply only with skip_lower=True; skip_lower=False is the plain path (every
     row runs every layer at every position).
     """
 
     name = "local"
 
-    def __init__(self, model: LoadedModel, reuse_prefix: bool = True, group: bool = True):
+    def __init__(self, model: LoadedModel, reuse_prefix: bool = True, group: bool = True,
+                 cost: CostModel | None = None):
         self.model = model
         self.hf = model.hf
         self.c = model.components
@@ -216,8 +322,8 @@ class HookBackend:
         self._cache_kw = "cache" if "cache" in params else (
             "past_key_values" if "past_key_values" in params else None)
         self._prefixes: dict = {}
-        dev = torch.device(model.device).type
-        self.overhead = OVERHEAD_FLOPS.get(dev, 1e9) / token_layer_flops(self.c)
+        self._bases: dict = {}
+        self.cost = cost or cost_model(self.c, model.device)
         self.last_groups: list[Group] = []   # the forwards of the latest patched() call
 
     # -- modules -----------------------------------------------------------
@@ -253,6 +359,79 @@ class HookBackend:
             logits = self._forward(rows_ids)
         return logits, cache
 
+    # -- what this model supports ------------------------------------------------
+    def _base_run(self, ids: torch.Tensor):
+        """One row, whole prompt: (block outputs (1, T, D) per layer, cache, last logits)."""
+        states: list = [None] * self.c.n_layers
+        with ExitStack() as stack:
+            for i, block in enumerate(self.c.blocks):
+                def post(m, args, output, i=i):
+                    states[i] = _first(output).detach()
+                stack.enter_context(block.register_forward_hook(post))
+            kw = {**self._kw, "use_cache": self._cache_kw is not None}
+            out = self.hf(input_ids=ids.view(1, -1).to(self.model.device), **kw)
+        return states, (_cache_of(out) if self._cache_kw else None), out.logits[:, -1, :]
+
+    def _base(self, base_ids: torch.Tensor):
+        key = base_ids.cpu().numpy().tobytes()
+        if key not in self._bases:
+            if len(self._bases) > 4:
+                self._bases.clear()
+            self._bases[key] = self._base_run(base_ids)
+        return self._bases[key]
+
+    def _prefix_run(self, ids: torch.Tensor, p0: int):
+        out = self.hf(input_ids=ids[:p0].view(1, -1).to(self.model.device),
+                      **{**self._kw, "use_cache": True})
+        return _cache_of(out)
+
+    def support(self, check: bool = True) -> dict | None:
+        """Which shortcuts hold on this model, checked once per model on a random prompt.
+
+        prefix: a prompt run as prefix (cached keys/values) + rest equals one forward;
+        sliced: the prefix cache may be cut from the whole prompt's cache (no sliding
+        window), so no prefix runs are needed; skip: blocks may be replaced by the base
+        run's outputs. check=False: None when not checked yet.
+        """
+        sup = _SUPPORT.get(self.hf)
+        if sup is not None or not check:
+            return sup
+        sup = {"prefix": False, "sliced": False, "skip": False}
+        with torch.inference_mode():
+            g = torch.Generator().manual_seed(0)
+            ids = torch.randint(0, self.c.vocab_size, (12,), generator=g)
+            try:
+                states, full_cache, full = self._base_run(ids)
+            except Exception:  # noqa: BLE001
+                _SUPPORT[self.hf] = sup
+                return sup
+            tol = (1e-3 if self.model.dtype == torch.float32 else 5e-2) * (1 + full.abs().max().item())
+
+            def same(run) -> bool:
+                try:
+                    got = run()
+                    return bool(torch.isfinite(full).all()) and (full - got).abs().max().item() <= tol
+                except Exception:  # noqa: BLE001 - this family's code path differs: no shortcut
+                    return False
+
+            def with_cache(cache):
+                return lambda: self._forward(ids[7:].view(1, -1), use_cache=True,
+                                             **{self._cache_kw: _widen_cache(cache, 1, 0)})
+
+            if self._cache_kw is not None:
+                sup["prefix"] = same(with_cache(self._prefix_run(ids, 7)))
+                sliced = _slice_cache(full_cache, 7)
+                sup["sliced"] = sup["prefix"] and sliced is not None and same(with_cache(sliced))
+
+            def skipped():
+                with ExitStack() as stack:
+                    for i in range(self.c.n_layers // 2 + 1):
+                        _skip_block(stack, self.c.blocks[i], states[i].clone())
+                    return self._forward(ids.view(1, -1))
+            sup["skip"] = same(skipped)
+        _SUPPORT[self.hf] = sup
+        return sup
+
     # -- planning ------------------------------------------------------------
     def _fast(self, skip_lower: bool) -> bool:
         return bool(skip_lower) and (self.reuse_prefix or self.group)
@@ -268,54 +447,26 @@ class HookBackend:
         return np.lexsort((cells[:, 2], cells[:, 0], cells[:, 1]))
 
     def plan(self, cells: np.ndarray, n_tokens: int, component: str,
-             skip_lower: bool = True, prefix_ok: bool | None = None) -> list[Group]:
+             skip_lower: bool = True, support: dict | None = None) -> list[Group]:
         """The forwards patched() will run for these cells.
 
-        prefix_ok: whether the cached-prefix path works on this model (None: check it,
-        which runs two small forwards once per model).
+        support: as from support() (None: check this model, two small forwards once).
         """
         cells = np.asarray(cells)
         if not skip_lower:
             return [Group(np.arange(len(cells)), 0, 0)]
-        if prefix_ok is None:
-            prefix_ok = self._prefix_supported()
-        reuse = self.reuse_prefix and prefix_ok
+        sup = support or self.support()
+        reuse = self.reuse_prefix and sup["prefix"]
         shift = 1 if component == "resid" else 0
         if not self.group:
             pos = cells[:, 1]
             p0 = int(pos.min()) if reuse and (pos >= 0).all() else 0
             return [Group(np.arange(len(cells)), int(cells[:, 0].min()), p0)]
-        return plan_groups(cells, n_tokens, self.c.n_layers, shift=shift,
-                           overhead=self.overhead * self.c.n_layers, reuse_prefix=reuse)
+        return plan_groups(cells, n_tokens, self.c.n_layers, shift=shift, cm=self.cost,
+                           reuse_prefix=reuse, run_lower=not sup["skip"],
+                           prefix_run_cost=reuse and not sup["sliced"])
 
     # -- cached prefix ---------------------------------------------------------
-    def _prefix_run(self, ids: torch.Tensor, p0: int):
-        out = self.hf(input_ids=ids[:p0].view(1, -1).to(self.model.device),
-                      **{**self._kw, "use_cache": True})
-        cache = getattr(out, "cache", None)
-        return cache if cache is not None else getattr(out, "past_key_values", None)
-
-    def _prefix_supported(self) -> bool:
-        """Check once per model that prefix + suffix equals one plain forward."""
-        if self._cache_kw is None:
-            return False
-        ok = _PREFIX_OK.get(self.hf)
-        if ok is None:
-            ok = False
-            try:
-                with torch.inference_mode():
-                    g = torch.Generator().manual_seed(0)
-                    ids = torch.randint(0, self.c.vocab_size, (12,), generator=g)
-                    full = self._forward(ids.view(1, -1))
-                    split = self._forward(ids[7:].view(1, -1), use_cache=True,
-                                          **{self._cache_kw: self._prefix_run(ids, 7)})
-                tol = (1e-3 if self.model.dtype == torch.float32 else 5e-2) * (1 + full.abs().max().item())
-                ok = bool(torch.isfinite(full).all()) and (full - split).abs().max().item() <= tol
-            except Exception:  # noqa: BLE001 - an architecture whose cache path differs: plain positions
-                ok = False
-            _PREFIX_OK[self.hf] = ok
-        return ok
-
     def _prefix_cache(self, base_ids: torch.Tensor, p0: int, rows: int, from_layer: int):
         """A fresh cache holding positions < p0 of base_ids, widened to `rows` from from_layer up."""
         key = (base_ids.cpu().numpy().tobytes(), p0)
@@ -323,15 +474,12 @@ class HookBackend:
         if base is None:
             if len(self._prefixes) > 256:
                 self._prefixes.clear()
-            base = self._prefixes[key] = self._prefix_run(base_ids, p0)
-        cache = copy.copy(base)          # update() rebinds tensors, never writes into them
-        cache.layers = [copy.copy(layer) for layer in base.layers]
-        for i, layer in enumerate(cache.layers):
-            keys = getattr(layer, "keys", None)
-            if i >= from_layer and rows > 1 and keys is not None and keys.dim() == 4:
-                layer.keys = keys.expand(rows, -1, -1, -1)
-                layer.values = layer.values.expand(rows, -1, -1, -1)
-        return cache
+            if self.support()["sliced"]:
+                base = _slice_cache(self._base(base_ids)[1], p0)
+            else:
+                base = self._prefix_run(base_ids, p0)
+            self._prefixes[key] = base
+        return _widen_cache(base, rows, from_layer)
 
     # -- patched ---------------------------------------------------------------
     def patched(self, base_ids: torch.Tensor, source: list, cells: np.ndarray,
@@ -362,29 +510,35 @@ class HookBackend:
     def _run(self, base_ids, source, cells, component, start, p0) -> torch.Tensor:
         """One forward. start=None: plain (all rows, all layers, all positions).
 
-        Otherwise layers below `start` (and below start+1 for residual patches) run on
-        one row, and positions < p0 come from the cached prefix.
+        Otherwise blocks below the first patch site (block `start`, or start+1 for
+        residual patches) return the base run's outputs without computing (or run on one
+        row where that shortcut does not hold), and positions < p0 come from the cache.
         """
         n = cells.shape[0]
         nh = self.c.n_heads
         fast = start is not None
         extra = {}
-        if not fast:
-            ids = base_ids.view(1, -1).expand(n, -1)
-        else:
-            ids = base_ids[p0:].view(1, -1)
-            # the first module that sees a patched value: there the hidden state is widened
-            site = self._after_block(start) if component == "resid" else self.c.blocks[start]
-            first_batched = start + 1 if component == "resid" else start
-            if p0 > 0:
-                extra = {self._cache_kw: self._prefix_cache(base_ids, p0, n, first_batched),
-                         "use_cache": True}
         with ExitStack() as stack:
-            if fast and n > 1:
-                def widen(m, args, kwargs):
-                    h = _get_hidden(args, kwargs)
-                    return _set_hidden(args, kwargs, h.expand(n, -1, -1).contiguous())
-                stack.enter_context(site.register_forward_pre_hook(widen, with_kwargs=True))
+            if not fast:
+                ids = base_ids.view(1, -1).expand(n, -1)
+            else:
+                ids = base_ids[p0:].view(1, -1)
+                first_batched = start + 1 if component == "resid" else start
+                # the first module that sees a patched value: there the hidden state is widened
+                site = self._after_block(start) if component == "resid" else self.c.blocks[start]
+                if p0 > 0:
+                    extra = {self._cache_kw: self._prefix_cache(base_ids, p0, n, first_batched),
+                             "use_cache": True}
+                if first_batched > 0 and self.support()["skip"]:
+                    states = self._base(base_ids)[0]
+                    for i in range(first_batched):
+                        _skip_block(stack, self.c.blocks[i], states[i][:, p0:].clone()
+                                    if i == first_batched - 1 else states[i][:, p0:])
+                if n > 1:
+                    def widen(m, args, kwargs):
+                        h = _get_hidden(args, kwargs)
+                        return _set_hidden(args, kwargs, h.expand(n, -1, -1).contiguous())
+                    stack.enter_context(site.register_forward_pre_hook(widen, with_kwargs=True))
             for layer in np.unique(cells[:, 0]):
                 sel = cells[:, 0] == layer
                 rows = torch.as_tensor(np.nonzero(sel)[0])
@@ -398,7 +552,7 @@ class HookBackend:
                     stack.enter_context(self.c.attn_out[int(layer)].register_forward_pre_hook(pre))
                 elif component == "resid" and fast:
                     # block l's output is the next module's input: patch it there, so block l
-                    # itself runs on one row
+                    # itself is not run on the batch
                     def pre_kw(m, args, kwargs, src=src, rows=rows, pos_t=pos_t):
                         h = apply_patch(_get_hidden(args, kwargs), src, rows, pos_t, None, nh, p0)
                         return _set_hidden(args, kwargs, h)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import patchcore as pc
-from patchcore.hooks import _PREFIX_OK, HookBackend, plan_groups
+from patchcore.hooks import CostModel, HookBackend, forward_cost, plan_groups
 from patchcore.prompts import prepare_pair
 
 from tiny import FAMILIES, build_hf, embedded_tokenizer, tiny_model
@@ -24,13 +24,30 @@ TOL = 1e-4
 SWEEPS = list(pc.SWEEPS)
 DIRECTIONS = ["denoise", "noise"]
 
-# name -> (HookBackend options, run_sweep options)
+
+
+class Fallbacks(HookBackend):
+    """The paths a family takes when a shortcut check fails: lower blocks run on one
+    row instead of being served from the base run, prefixes come from prefix runs."""
+
+    def support(self, check=True):
+        sup = super().support(check)
+        return None if sup is None else {**sup, "sliced": False, "skip": False}
+
+
+# Tiny models are all fixed costs, so their default plan is one forward per batch. A
+# cost model without fixed costs makes the plan split batches into many forwards with
+# different lowest layers and positions, as on a real model.
+FINE = CostModel(min_tokens=0.0, layer_overhead=3.0, unembed_layers=1.0)
+
+# name -> (backend class, its options, run_sweep options)
 FAST = {
-    "skip_lower": (dict(reuse_prefix=False, group=False), {}),
-    "grouped": (dict(reuse_prefix=False, group=True), {}),
-    "prefix": (dict(reuse_prefix=True, group=False), {}),
-    "all": (dict(), {}),
-    "all_bs13": (dict(), dict(batch_size=13)),
+    "skip_lower": (HookBackend, dict(reuse_prefix=False, group=False), {}),
+    "grouped": (HookBackend, dict(reuse_prefix=False, group=True, cost=FINE), {}),
+    "prefix": (HookBackend, dict(reuse_prefix=True, group=False), {}),
+    "fallbacks": (Fallbacks, dict(cost=FINE), {}),
+    "all": (HookBackend, dict(), {}),
+    "all_fine_bs13": (HookBackend, dict(cost=FINE), dict(batch_size=13)),
 }
 
 
@@ -61,34 +78,47 @@ def plain(family: str, sweep: str, direction: str, attn: str = "eager") -> np.nd
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_fast_path_equals_plain(family):
-    """All shortcuts together for every sweep and direction; each alone when denoising."""
+    """All shortcuts together for every sweep and direction (with the default plan, and
+    with a fine plan cut into batches of 13); each alone on the position sweeps."""
     m = model(family)
     for sweep in SWEEPS:
         for direction in DIRECTIONS:
             ref = plain(family, sweep, direction)
             assert np.isfinite(ref).all()
-            for name, (opts, kw) in FAST.items():
-                if direction == "noise" and not name.startswith("all"):
-                    continue  # shortcuts one by one: denoising only (keeps the suite short)
+            for name, (cls, opts, kw) in FAST.items():
+                if not name.startswith("all") and (direction == "noise" or sweep in ("layer", "head")):
+                    continue  # shortcuts one by one: position sweeps, denoising (keeps the suite short)
                 got = pc.run_sweep(m, pc.DEFAULT_PAIR, sweep, direction,
-                                   backend=HookBackend(m, **opts), **kw).values
+                                   backend=cls(m, **opts), **kw).values
                 err = float(np.abs(got - ref).max())
                 assert err <= TOL, f"{family} {sweep} {direction} {name}: max |diff| {err:.3g}"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_prefix_path_is_used(family):
-    """The cached-prefix path is accepted for every family, and a position sweep uses it."""
+def test_shortcuts_are_used(family):
+    """Every family passes the shortcut checks, and a position sweep takes them."""
     m = model(family)
-    b = HookBackend(m)
+    b = HookBackend(m, cost=FINE)
     prepared = prepare_pair(m.tokenizer, pc.DEFAULT_PAIR)
     cells = pc.SWEEPS["layer_pos"].cells(m.components.n_layers, prepared.n_tokens, m.components.n_heads)
     base = pc.run_baseline(m, prepared, component="resid")
-    with torch.inference_mode():
-        b.patched(torch.tensor(prepared.corrupted_ids), [a[0] for a in base.cache], cells, "resid")
-    assert _PREFIX_OK.get(m.hf) is True
-    assert max(g.pos for g in b.last_groups) > 0
-    assert len(b.last_groups) > 1
+    sup = b.support()
+    assert sup["prefix"] and sup["skip"]
+    # sliding-window caches keep only the window: their prefixes need prefix runs
+    assert sup["sliced"] == (family not in ("gemma2", "gemma3_text", "mistral"))
+    calls = []
+    hook = m.components.mlp[0].register_forward_pre_hook(lambda mod, a: calls.append(1))
+    try:
+        with torch.inference_mode():
+            b._base(torch.tensor(prepared.corrupted_ids))       # the base prompt's own run
+            calls.clear()
+            b.patched(torch.tensor(prepared.corrupted_ids), [a[0] for a in base.cache], cells, "resid")
+    finally:
+        hook.remove()
+    assert max(g.pos for g in b.last_groups) > 0 and len(b.last_groups) > 1
+    # block 0 computed only in prefix runs (sliding-window models), never for the batch
+    assert len(calls) == (0 if sup["sliced"] else len({g.pos for g in b.last_groups if g.pos > 0}))
+    assert all("forward" not in blk.__dict__ for blk in m.components.blocks)   # restored
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3_text", "gpt2"])
@@ -97,7 +127,8 @@ def test_sdpa_attention(family, sweep):
     """The embedded model runs on sdpa attention: its masks take another code path."""
     m = model(family, "sdpa")
     ref = plain(family, sweep, "denoise", "sdpa")
-    got = pc.run_sweep(m, pc.DEFAULT_PAIR, sweep, "denoise", batch_size=7).values
+    got = pc.run_sweep(m, pc.DEFAULT_PAIR, sweep, "denoise", batch_size=7,
+                       backend=HookBackend(m, cost=FINE)).values
     assert float(np.abs(got - ref).max()) <= TOL
     # and sdpa agrees with eager attention on the same weights
     assert float(np.abs(got - plain(family, sweep, "denoise")).max()) <= TOL
@@ -112,7 +143,7 @@ def test_wrong_prefix_is_caught():
             return super()._prefix_cache(base_ids.flip(0), p0, rows, from_layer)
 
     ref = plain("llama", "layer_pos", "denoise")
-    got = pc.run_sweep(m, pc.DEFAULT_PAIR, "layer_pos", "denoise", backend=WrongPrefix(m)).values
+    got = pc.run_sweep(m, pc.DEFAULT_PAIR, "layer_pos", "denoise", backend=WrongPrefix(m, cost=FINE)).values
     assert float(np.abs(got - ref).max()) > 1e-3
 
 
@@ -123,7 +154,7 @@ def test_plan_groups_partition_and_corners():
         cells = pc.SWEEPS[sweep].cells(L, T, H)
         cells = cells[rng.permutation(len(cells))][: max(1, len(cells) // 2)]
         for shift in (0, 1):
-            groups = plan_groups(cells, T, L, shift=shift, overhead=5.0)
+            groups = plan_groups(cells, T, L, shift=shift, cm=CostModel(4.0, 2.0))
             idx = np.concatenate([g.idx for g in groups])
             assert sorted(idx.tolist()) == list(range(len(cells)))          # each cell once
             for g in groups:
@@ -133,16 +164,14 @@ def test_plan_groups_partition_and_corners():
 
 
 def test_plan_groups_beats_one_forward():
-    """On a layer x position grid the plan models less work than one batched forward."""
+    """On a layer x position grid the plan models much less work than one batched forward."""
     L, T = 12, 16
     cells = pc.SWEEPS["layer_pos"].cells(L, T, 1)
-
-    def work(groups, shift=1):
-        return sum((T - g.pos) * (len(g.idx) * (L - min(g.layer + shift, L)) + min(g.layer + shift, L))
-                   for g in groups)
-
-    groups = plan_groups(cells, T, L, shift=1, overhead=L * 2.0)
-    assert work(groups) < 0.45 * len(cells) * T * L
+    cm = CostModel(8.0, 2.0)
+    groups = plan_groups(cells, T, L, shift=1, cm=cm)
+    planned = sum(forward_cost(len(g.idx), T - g.pos, g.layer + 1, L, cm, False) for g in groups)
+    assert planned < 0.45 * forward_cost(len(cells), T, 0, L, cm, False)
+    assert len(groups) > 4
 
 
 @pytest.mark.embedded
