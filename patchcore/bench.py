@@ -143,7 +143,7 @@ def nnsight_save(x):
 
 
 def seed_loop(model, prepared, sweep: str, direction: str, cells: np.ndarray, source: list):
-    """Run the given cells one nnsight trace each; returns (metric values, seconds)."""
+    """Run the given cells one nnsight trace each; returns (metric values, seconds, CPU seconds)."""
     from nnsight import TransformersModel
 
     from .metrics import compute_metric
@@ -156,7 +156,7 @@ def seed_loop(model, prepared, sweep: str, direction: str, cells: np.ndarray, so
     ids = torch.tensor([base], device=model.device)
     vals = []
     _sync(model.device)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for layer, pos, head in cells.tolist():
             if spec.component == "resid":
@@ -171,7 +171,7 @@ def seed_loop(model, prepared, sweep: str, direction: str, cells: np.ndarray, so
                 raise ValueError(f"the seed loop is written for layer_pos and head, not {sweep}")
             vals.append(float(compute_metric("logit_diff", logits, prepared.answer_id, prepared.wrong_id)[0]))
     _sync(model.device)
-    return np.array(vals), time.perf_counter() - t0
+    return np.array(vals), time.perf_counter() - t0, time.process_time() - cpu0
 
 
 # -- (b) plain PyTorch hooks on one batched input ------------------------------------------------
@@ -179,7 +179,7 @@ def seed_loop(model, prepared, sweep: str, direction: str, cells: np.ndarray, so
 def plain_hooks(model, prepared, sweep: str, direction: str, max_logit_bytes: float = 2**31):
     """One row per patch, forward hooks writing all rows' patches, full logits.
 
-    Returns (metric values in the sweep's cell order, seconds, rows per forward). All patches
+    Returns (metric values in the sweep's cell order, seconds, CPU seconds, rows per forward). All patches
     go into one batch unless its full logits (rows x tokens x vocab floats) pass max_logit_bytes.
     """
     from .sweeps import get_sweep
@@ -195,7 +195,7 @@ def plain_hooks(model, prepared, sweep: str, direction: str, max_logit_bytes: fl
                          else (prepared.corrupted_ids, prepared.clean_ids))
     rows_per = max(1, min(len(cells), int(max_logit_bytes // (T * c.vocab_size * 4))))
     _sync(dev)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         # the source run: record every layer's activation
         source = [None] * c.n_layers
@@ -246,7 +246,8 @@ def plain_hooks(model, prepared, sweep: str, direction: str, max_logit_bytes: fl
             out.append((logits[:, prepared.answer_id] - logits[:, prepared.wrong_id]).double().cpu())
         vals = torch.cat(out).numpy()
     _sync(dev)
-    return vals.reshape(spec.shape(c.n_layers, T, c.n_heads)), time.perf_counter() - t0, rows_per
+    return (vals.reshape(spec.shape(c.n_layers, T, c.n_heads)), time.perf_counter() - t0,
+            time.process_time() - cpu0, rows_per)
 
 
 # -- one comparison ------------------------------------------------------------------------------
@@ -267,17 +268,18 @@ def bench_fast(model, sweep: str, direction: str = "denoise", log=print) -> tupl
     row["estimate_s"] = estimate_seconds(model, T, sweep)
     row["estimate_overhead_s"] = time.perf_counter() - t0
 
-    b_vals, row["b_s"], row["b_rows_per_forward"] = plain_hooks(model, prepared, sweep, direction)
+    b_vals, row["b_s"], row["b_cpu_s"], row["b_rows_per_forward"] = plain_hooks(model, prepared, sweep, direction)
     log(f"  (b) plain batched hooks: {row['b_s']:.2f} s")
 
     _sync(model.device)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     res = run_sweep(model, prepared, sweep, direction)
     _sync(model.device)
-    row["c_s"] = time.perf_counter() - t0
+    row["c_s"], row["c_cpu_s"] = time.perf_counter() - t0, time.process_time() - cpu0
     row["patches"] = res.n_patches
     row["c_batch_size"] = res.batch_size
     row["c_vs_b"] = row["b_s"] / row["c_s"]
+    row["c_vs_b_cpu"] = row["b_cpu_s"] / row["c_cpu_s"]
     row["max_diff_b_c"] = float(np.abs(b_vals.reshape(-1) - res.values.reshape(-1)).max())
     row["value_range"] = float(np.ptp(res.values))
     log(f"  (c) patchcore: {row['c_s']:.2f} s (estimated beforehand: {row['estimate_s']:.2f} s); "
@@ -307,13 +309,15 @@ def bench_seed(model, row: dict, kept: dict, seed_patches: int, log=print) -> No
     cells = spec.cells(c.n_layers, prepared.n_tokens, c.n_heads)
     k = min(seed_patches, len(cells)) if seed_patches > 0 else len(cells)
     pick = np.unique(np.linspace(0, len(cells) - 1, k).round().astype(int))
-    a_vals, a_s = seed_loop(model, prepared, row["sweep"], direction, cells[pick], source)
+    a_vals, a_s, a_cpu = seed_loop(model, prepared, row["sweep"], direction, cells[pick], source)
     row["a_measured_patches"] = int(len(pick))
     row["a_measured_s"] = a_s
     row["a_s"] = a_s * len(cells) / len(pick)
+    row["a_cpu_s"] = a_cpu * len(cells) / len(pick)
     row["a_extrapolated"] = bool(len(pick) < len(cells))
     row["max_diff_a_c"] = float(np.abs(a_vals - kept["values"].reshape(-1)[pick]).max())
     row["c_vs_a"] = row["a_s"] / row["c_s"]
+    row["c_vs_a_cpu"] = row["a_cpu_s"] / row["c_cpu_s"]
     row["agree"] = bool(max(row["max_diff_b_c"], row["max_diff_a_c"]) <= AGREE_TOL)
     log(f"  (a) seed loop: {a_s:.2f} s for {len(pick)} patches -> {row['a_s']:.1f} s for "
         f"{len(cells)}; |a-c| {row['max_diff_a_c']:.2g}")
@@ -327,7 +331,8 @@ def table(rows: list[dict], info: dict) -> str:
         f"Benchmark (`patchcore bench`, {when}) on **{machine_text(info)}**, torch {info['torch']}, "
         f"fp32, denoising, IOI pair ({rows[0]['tokens'] if rows else '?'} tokens). "
         f"(a) the seed's loop, one nnsight trace per patch; (b) plain PyTorch hooks on one batched "
-        f"input (full logits); (c) patchcore (exact). Seconds; ratios are (a)/(c) and (b)/(c).",
+        f"input (full logits); (c) patchcore (exact). Wall-clock seconds; speed-ups are (a)/(c) "
+        f"and (b)/(c) in wall-clock time, and in this process's CPU time in brackets.",
         "",
         "| model | sweep | patches | (a) seed loop | (b) batched hooks | (c) patchcore | (c) vs (b) | "
         "(c) vs (a) | max diff | AtP (ρ vs exact) |",
@@ -337,19 +342,20 @@ def table(rows: list[dict], info: dict) -> str:
         a = f"{r['a_s']:.1f}" + ("*" if r["a_extrapolated"] else "")
         lines.append(
             f"| {r['model']} | {r['sweep']} | {r['patches']} | {a} | {r['b_s']:.2f} | {r['c_s']:.2f} | "
-            f"{r['c_vs_b']:.1f}× | {r['c_vs_a']:.1f}× | "
+            f"{r['c_vs_b']:.1f}× ({r['c_vs_b_cpu']:.1f}×) | {r['c_vs_a']:.1f}× ({r['c_vs_a_cpu']:.1f}×) | "
             f"{max(r['max_diff_b_c'], r['max_diff_a_c']):.1g} | "
             f"{r['atp_s']:.2f} s (ρ={r['atp_spearman']:.2f}) |")
     if any(r["a_extrapolated"] for r in rows):
-        lines += ["", "\\* (a) timed on an evenly spread subset of the patches "
-                  + ", ".join(sorted({str(r['a_measured_patches']) for r in rows})) + " patches) and "
+        lines += ["", "\\* (a) timed on an evenly spread subset of "
+                  + "/".join(sorted({str(r['a_measured_patches']) for r in rows})) + " patches and "
                   "extrapolated linearly to all of them."]
     lines += ["", "max diff: largest |logit difference| disagreement between (a), (b) and (c) "
-              "(must be ≤ 1e-3). AtP is attribution patching, an estimate from 2 forwards + 1 backward."]
+              "(must be ≤ 1e-3). AtP: attribution patching, an estimate from 2 forwards + 1 backward; "
+              "ρ is its Spearman rank correlation with (c)."]
     if info.get("load_average"):
-        lines += ["", f"Machine load average (1, 5, 15 min) at start {info['load_average']}, at end "
-                  f"{info.get('load_average_end')} (a shared machine: "
-                  f"timings are noisy; all three ran in the same process, one after another)."]
+        lines += ["", f"Load average (1, 5, 15 min) at start {info['load_average']}, at end "
+                  f"{info.get('load_average_end')}: a shared machine, so wall-clock times are noisy; "
+                  f"CPU-time ratios are steadier. All three ran in one process, one after another."]
     return "\n".join(lines)
 
 

@@ -15,10 +15,11 @@ import time
 import weakref
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .engine import batch_rows
-from .hooks import HookBackend, forward_cost, token_layer_flops
+from .hooks import CALIBRATED_COSTS, CostModel, HookBackend, cost_model, forward_cost, token_layer_flops
 from .models import LoadedModel
 from .sweeps import get_sweep
 
@@ -64,7 +65,10 @@ def _time_forward(model: LoadedModel, rows: int, tokens: int, repeats: int = 2) 
 def calibrate(model: LoadedModel, refresh: bool = False, wait: bool = True) -> Calibration:
     """Seconds per cost unit on this model and machine, from two timed forwards (cached).
 
-    wait=False: if another run holds the model, return a rough guess instead (not cached).
+    The two forwards (8 and 128 tokens) also give the fixed cost of one block call
+    (mostly reading its weights); the backend then plans with that cost model
+    (hooks.CALIBRATED_COSTS). wait=False: if another run holds the model, return a rough
+    guess instead (not cached).
     """
     cal = None if refresh else _CALIBRATIONS.get(model.hf)
     if cal is not None:
@@ -72,12 +76,22 @@ def calibrate(model: LoadedModel, refresh: bool = False, wait: bool = True) -> C
     if not model.lock.acquire(blocking=wait):
         dev = torch.device(model.device).type
         return Calibration(token_layer_flops(model.components) / _GUESS_FLOPS.get(dev, 2e10), False)
-    points = [(1, 8), (2, 32)]
+    points = [(1, 8), (2, 64)]
     try:
         seconds = [_time_forward(model, r, t, repeats=2 if r == 1 else 1) for r, t in points]
     finally:
         model.lock.release()
-    cm, L = HookBackend(model).cost, model.components.n_layers
+    default = cost_model(model.components, model.device)
+    L, U = model.components.n_layers, default.unembed_layers
+    work = [L * r * t + r * U for r, t in points]              # token-layers, logits included
+    calls = L + U + 1                                           # block calls (+ unembedding, embedding)
+    per_token = (seconds[1] - seconds[0]) / (work[1] - work[0])
+    if per_token > 0:
+        per_call = max(seconds[0] - per_token * work[0], 0.0) / calls
+        cm = CostModel(default.min_tokens, float(np.clip(per_call / per_token, 4.0, 2000.0)), U)
+    else:                                                       # too noisy to split: keep the default
+        cm = default
+    CALIBRATED_COSTS[model.hf] = cm
     units = [forward_cost(r, t, 0, L, cm, False) for r, t in points]
     cal = Calibration(max(sum(seconds) / sum(units), 1e-12))
     _CALIBRATIONS[model.hf] = cal
@@ -100,7 +114,7 @@ def forward_work(model: LoadedModel, n_tokens: int, sweep: str, batch_size: int 
         finally:
             model.lock.release()
     if sup is None:
-        sup = {"prefix": True, "sliced": True, "skip": True}   # busy, unchecked: the usual case
+        sup = {"prefix": True, "sliced": True, "skip": True, "head": True}   # busy, unchecked: usual
     perm = backend.order(cells, spec.component, skip_lower)
     if perm is not None:
         cells = cells[perm]
@@ -112,12 +126,15 @@ def forward_work(model: LoadedModel, n_tokens: int, sweep: str, batch_size: int 
     prefixes = set()
     for start in range(0, len(cells), bs):
         chunk = cells[start:start + bs]
+        if skip_lower and sup.get("head"):   # one unembedding per batch
+            work += (cm.unembed_layers + 1) * cm.layer_overhead
         for g in backend.plan(chunk, T, spec.component, skip_lower, support=sup):
             forwards += 1
             if not skip_lower:
                 work += forward_cost(len(g.idx), T, 0, L, cm, False)
                 continue
-            work += forward_cost(len(g.idx), T - g.pos, g.layer + shift, L, cm, not sup["skip"])
+            work += forward_cost(len(g.idx), T - g.pos, g.layer + shift, L, cm, not sup["skip"],
+                                 late_head=sup.get("head", False))
             if g.pos > 0 and not sup["sliced"] and g.pos not in prefixes:   # a prefix run
                 prefixes.add(g.pos)
                 forwards, work = forwards + 1, work + forward_cost(1, g.pos, 0, L, cm, False)
@@ -144,6 +161,6 @@ def estimate_seconds(model: LoadedModel, n_tokens: int, sweep: str, *, method: s
         forwards, work = memo[key]
     else:
         forwards, work = forward_work(model, n_tokens, sweep, batch_size, skip_lower)
-        if HookBackend(model).support(check=False) is not None:   # not planned on a guess
+        if cal.measured and HookBackend(model).support(check=False) is not None:   # no guesses
             memo[key] = (forwards, work)
     return cal.unit_s * work

@@ -150,13 +150,14 @@ def cost_model(components, device) -> CostModel:
 
 
 def forward_cost(rows: int, tokens: int, first_batched: int, n_layers: int, cm: CostModel,
-                 run_lower: bool) -> float:
+                 run_lower: bool, late_head: bool = False) -> float:
     """Token-layers of one forward: `rows` rows over `tokens` positions from block first_batched
     up; below it one row (run_lower) or nothing (lower blocks served from the base run);
-    then the unembedding (one row of logits per patch)."""
+    then the unembedding (one row of logits per patch; late_head: done once for all the
+    forwards of a batch, so its weights are not read per forward)."""
     fb = min(first_batched, n_layers)
-    cost = (n_layers - fb) * cm.block(rows * tokens)
-    cost += (cm.unembed_layers + 1) * cm.layer_overhead + rows * cm.unembed_layers
+    cost = (n_layers - fb) * cm.block(rows * tokens) + rows * cm.unembed_layers
+    cost += (1 if late_head else cm.unembed_layers + 1) * cm.layer_overhead
     if run_lower:
         cost += fb * cm.block(tokens)
     return cost
@@ -164,7 +165,8 @@ def forward_cost(rows: int, tokens: int, first_batched: int, n_layers: int, cm: 
 
 def plan_groups(cells: np.ndarray, n_tokens: int, n_layers: int, shift: int = 0,
                 cm: CostModel | None = None, reuse_prefix: bool = True, run_lower: bool = False,
-                prefix_run_cost: bool = False, max_merge: int = 8) -> list[Group]:
+                prefix_run_cost: bool = False, late_head: bool = False,
+                max_merge: int = 8) -> list[Group]:
     """Split cells (n, 3) into forwards that minimise the modelled cost (forward_cost).
 
     A forward's rows share its lowest patched layer l0 and position p0: blocks from
@@ -198,7 +200,7 @@ def plan_groups(cells: np.ndarray, n_tokens: int, n_layers: int, shift: int = 0,
         pre = np.concatenate([[0], np.cumsum(cnt[lay])]).astype(np.float64)
         fb = np.minimum(lay + shift, L).astype(np.float64)        # first batched block per start
         lower = fb * cm.block(tok) if run_lower else np.zeros(k)
-        fixed = (cm.unembed_layers + 1) * cm.layer_overhead
+        fixed = (1 if late_head else cm.unembed_layers + 1) * cm.layer_overhead
         best = np.full(k + 1, np.inf)
         best[0] = 0.0
         arg = np.zeros(k + 1, dtype=np.int64)
@@ -239,6 +241,9 @@ def plan_groups(cells: np.ndarray, n_tokens: int, n_layers: int, shift: int = 0,
         b = a
     return groups[::-1]
 
+
+# per transformers model: a cost model fitted to timed forwards (estimate.calibrate sets it)
+CALIBRATED_COSTS: "weakref.WeakKeyDictionary[torch.nn.Module, CostModel]" = weakref.WeakKeyDictionary()
 
 # per transformers model: which shortcuts were checked to hold (see HookBackend.support)
 _SUPPORT: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -300,7 +305,8 @@ class HookBackend:
     reuse_prefix: take keys/values of positions before a forward's first patched
     position from the base prompt's cached run (exact; see module docstring).
     group: split each batch into forwards that share a lowest layer/position.
-    cost: the CostModel the grouping minimises (default: cost_model() for the device).
+    cost: the CostModel the grouping minimises (default: the one calibrated on this
+    model by estimate.calibrate if any, else cost_model() for the device).
     Both apply only with skip_lower=True; skip_lower=False is the plain path (every
     row runs every layer at every position).
     """
@@ -323,7 +329,7 @@ class HookBackend:
             "past_key_values" if "past_key_values" in params else None)
         self._prefixes: dict = {}
         self._bases: dict = {}
-        self.cost = cost or cost_model(self.c, model.device)
+        self.cost = cost or CALIBRATED_COSTS.get(self.hf) or cost_model(self.c, model.device)
         self.last_groups: list[Group] = []   # the forwards of the latest patched() call
 
     # -- modules -----------------------------------------------------------
@@ -391,12 +397,14 @@ class HookBackend:
         prefix: a prompt run as prefix (cached keys/values) + rest equals one forward;
         sliced: the prefix cache may be cut from the whole prompt's cache (no sliding
         window), so no prefix runs are needed; skip: blocks may be replaced by the base
-        run's outputs. check=False: None when not checked yet.
+        run's outputs; head: the logits are the unembedding of the last hidden state and
+        nothing else (no final soft-capping), so the forwards of a batch can share one
+        unembedding. check=False: None when not checked yet.
         """
         sup = _SUPPORT.get(self.hf)
         if sup is not None or not check:
             return sup
-        sup = {"prefix": False, "sliced": False, "skip": False}
+        sup = {"prefix": False, "sliced": False, "skip": False, "head": False}
         with torch.inference_mode():
             g = torch.Generator().manual_seed(0)
             ids = torch.randint(0, self.c.vocab_size, (12,), generator=g)
@@ -429,8 +437,40 @@ class HookBackend:
                         _skip_block(stack, self.c.blocks[i], states[i].clone())
                     return self._forward(ids.view(1, -1))
             sup["skip"] = same(skipped)
+
+            def late_head():
+                with ExitStack() as stack:
+                    h = self._capture_head(stack)
+                    self._forward(ids.view(1, -1))
+                return self._unembed(h)
+            sup["head"] = same(late_head)
         _SUPPORT[self.hf] = sup
         return sup
+
+    def _capture_head(self, stack: ExitStack) -> list:
+        """Until the stack closes, the unembedding records its input and returns zeros."""
+        head = self.c.unembed
+        got: list = []
+
+        def capture(h, *args, **kwargs):
+            got.append(h)
+            return h.new_zeros(1, 1, 1).expand(h.shape[0], h.shape[1], self.c.vocab_size)
+        had = "forward" in head.__dict__
+        old = head.__dict__.get("forward")
+        head.forward = capture
+
+        def restore():
+            if had:
+                head.forward = old
+            else:
+                del head.forward
+        stack.callback(restore)
+        return got
+
+    def _unembed(self, hidden) -> torch.Tensor:
+        """Last-position logits from captured unembedding inputs (one or a list)."""
+        h = torch.cat(hidden, 0) if isinstance(hidden, list) else hidden
+        return self.c.unembed(h)[:, -1, :]
 
     # -- planning ------------------------------------------------------------
     def _fast(self, skip_lower: bool) -> bool:
@@ -464,7 +504,7 @@ class HookBackend:
             return [Group(np.arange(len(cells)), int(cells[:, 0].min()), p0)]
         return plan_groups(cells, n_tokens, self.c.n_layers, shift=shift, cm=self.cost,
                            reuse_prefix=reuse, run_lower=not sup["skip"],
-                           prefix_run_cost=reuse and not sup["sliced"])
+                           prefix_run_cost=reuse and not sup["sliced"], late_head=sup["head"])
 
     # -- cached prefix ---------------------------------------------------------
     def _prefix_cache(self, base_ids: torch.Tensor, p0: int, rows: int, from_layer: int):
@@ -496,23 +536,27 @@ class HookBackend:
             return self._run(base_ids, source, cells, component, None, 0)
         groups = self.plan(cells, base_ids.numel(), component, skip_lower)
         self.last_groups = groups
+        late = self.support()["head"]
         if len(groups) == 1:
             g = groups[0]
-            return self._run(base_ids, source, cells, component, g.layer, g.pos)
+            out = self._run(base_ids, source, cells, component, g.layer, g.pos, late)
+            return self._unembed(out) if late else out
         out = None
         for g in groups:
-            logits = self._run(base_ids, source, cells[g.idx], component, g.layer, g.pos)
+            res = self._run(base_ids, source, cells[g.idx], component, g.layer, g.pos, late)
             if out is None:
-                out = logits.new_empty((len(cells), logits.shape[-1]))
-            out[torch.as_tensor(g.idx, device=out.device)] = logits
-        return out
+                out = res.new_empty((len(cells),) + tuple(res.shape[1:]))
+            out[torch.as_tensor(g.idx, device=out.device)] = res
+        # late head: one unembedding for the whole batch (its weights read once, not per forward)
+        return self._unembed(out) if late else out
 
-    def _run(self, base_ids, source, cells, component, start, p0) -> torch.Tensor:
+    def _run(self, base_ids, source, cells, component, start, p0, late_head: bool = False) -> torch.Tensor:
         """One forward. start=None: plain (all rows, all layers, all positions).
 
         Otherwise blocks below the first patch site (block `start`, or start+1 for
         residual patches) return the base run's outputs without computing (or run on one
         row where that shortcut does not hold), and positions < p0 come from the cache.
+        Returns last-position logits, or with late_head the unembedding's input (n, 1, D).
         """
         n = cells.shape[0]
         nh = self.c.n_heads
@@ -562,5 +606,7 @@ class HookBackend:
                     def post(m, args, output, src=src, rows=rows, pos_t=pos_t):
                         return _replace_first(output, apply_patch(_first(output), src, rows, pos_t, None, nh, p0))
                     stack.enter_context(self._module(component, int(layer)).register_forward_hook(post))
+            if late_head:
+                got = self._capture_head(stack)
             logits = self._forward(ids, **extra)
-        return logits
+        return got[0] if late_head else logits

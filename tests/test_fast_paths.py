@@ -28,11 +28,12 @@ DIRECTIONS = ["denoise", "noise"]
 
 class Fallbacks(HookBackend):
     """The paths a family takes when a shortcut check fails: lower blocks run on one
-    row instead of being served from the base run, prefixes come from prefix runs."""
+    row instead of being served from the base run, prefixes come from prefix runs, and
+    every forward computes its own logits."""
 
     def support(self, check=True):
         sup = super().support(check)
-        return None if sup is None else {**sup, "sliced": False, "skip": False}
+        return None if sup is None else {**sup, "sliced": False, "skip": False, "head": False}
 
 
 # Tiny models are all fixed costs, so their default plan is one forward per batch. A
@@ -106,6 +107,7 @@ def test_shortcuts_are_used(family):
     assert sup["prefix"] and sup["skip"]
     # sliding-window caches keep only the window: their prefixes need prefix runs
     assert sup["sliced"] == (family not in ("gemma2", "gemma3_text", "mistral"))
+    assert sup["head"] == (family != "gemma2")      # Gemma 2 soft-caps its final logits
     calls = []
     hook = m.components.mlp[0].register_forward_pre_hook(lambda mod, a: calls.append(1))
     try:
