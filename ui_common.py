@@ -19,12 +19,14 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
+import altair as alt
 import streamlit as st
+from streamlit import config as st_config
 
 from patchcore import (DEFAULT_PAIR, DIRECTIONS, METRICS, SWEEPS, Cancelled, ModelSpec, PatchError,
                        PromptPair, load_model, plan, prepare_pair, run_baseline, run_sweep)
-from patchcore.history import save_run
 from patchcore.charts import chart_png, chart_svg, heatmap
+from patchcore.history import save_run
 from patchcore.models import DTYPES, EMBEDDED, EMBEDDED_LABEL
 from patchcore.summary import cell_name, meaning, summarize
 
@@ -39,6 +41,8 @@ except ImportError:  # pragma: no cover
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 VIEWS = {"normalized": "Normalised score", "value": "Raw metric"}
+METRIC_NAMES = {"logit_diff": "logit difference", "prob": "probability of the answer",
+                "logprob": "log-probability of the answer"}
 MAX_PROMPT_CHARS = 2000
 MAX_TOKEN_CHARS = 100
 UI_BATCHES = 8  # progress steps (and chances to cancel) per run; smaller batches cost speed on CPU
@@ -60,6 +64,10 @@ _CELL = re.compile(r"^\d{1,5}(,\d{1,5}){0,2}$")
 # ---------------------------------------------------------------- text safety
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=^\"'])")
+
+
+def metric_name(metric: str) -> str:
+    return METRIC_NAMES.get(metric, metric)
 
 
 def md_escape(text: str) -> str:
@@ -283,6 +291,7 @@ class Job:
     error: BaseException | None = None
     thread: threading.Thread | None = None
     notes: list = field(default_factory=list)  # short lines shown with the outcome
+    unit: str = "patches"                       # what `done` and `total` count
 
     @property
     def running(self) -> bool:
@@ -362,26 +371,38 @@ def _collect(slot: str) -> None:
         st.session_state[f"_result_{slot}"] = job.result
 
 
+def _progress_text(job: Job) -> str:
+    elapsed = f"{time.time() - job.started:.0f} s"
+    if job.waiting:
+        return "Waiting for another run on this model to finish…"
+    if job.cancel.is_set():
+        return f"Cancelling… ({job.done} of {job.total} {job.unit} done)"
+    if job.total > 1:
+        return f"Patching: {job.done} of {job.total} {job.unit} ({elapsed})"
+    return f"Working… ({elapsed})"
+
+
 def job_panel(slot: str) -> None:
-    """Progress and Cancel while a run is going; the finished result or error afterwards."""
+    """Progress and Cancel while a run is going; the finished result or error afterwards.
+
+    In the browser this waits in the script, updating the bar every half second: a click on
+    Cancel (or any widget) reruns the page, whose callback sets the job's cancel flag first.
+    (A polling st.fragment was tried: each fragment rerun cost the server so much CPU that
+    the sweep itself ran several times slower on a 2-core machine.) AppTest runs are
+    synchronous, so there the panel draws once and returns; tests wait for the job.
+    """
     _collect(slot)
-    if job_running(slot):
-        @st.fragment(run_every=0.5)
-        def poll():
-            job = st.session_state.get(f"_job_{slot}")
-            if job is None or not job.running:
-                st.rerun()  # whole page: show the result
-            if job.waiting and job.done == 0:
-                text = "Waiting for another run on this model to finish…"
-            elif job.cancel.is_set():
-                text = f"Cancelling… ({job.done} of {job.total} patches done)"
-            else:
-                text = f"Patching: {job.done} of {job.total} patches ({time.time() - job.started:.0f} s)"
-            st.progress(min(1.0, job.done / max(1, job.total)), text=text)
-            st.button("Cancel", key=f"cancel_{slot}", icon=":material/stop_circle:",
-                      on_click=job.cancel.set, disabled=job.cancel.is_set())
-        poll()
-        return
+    job = st.session_state.get(f"_job_{slot}")
+    if job is not None:
+        bar = st.progress(min(1.0, job.done / max(1, job.total)), text=_progress_text(job))
+        st.button("Cancel", key=f"cancel_{slot}", icon=":material/stop_circle:",
+                  on_click=job.cancel.set, disabled=job.cancel.is_set())
+        if st_config.get_option("global.appTest"):
+            return
+        while job.running:
+            time.sleep(0.5)
+            bar.progress(min(1.0, job.done / max(1, job.total)), text=_progress_text(job))
+        st.rerun()  # show the outcome
     for note in st.session_state.get(f"_notes_{slot}", []):
         st.caption(md_escape(note))
     err = st.session_state.get(f"_error_{slot}")
@@ -408,43 +429,45 @@ def _cell_from_event(result, chart_key: str, cell_key: str) -> None:
 
 
 def _heatmap(result, view: str, head, position):
-    """patchcore.charts.heatmap, built with Altair's eager validation off.
+    """patchcore.charts.heatmap, built with Altair's eager validation off, every token label shown.
 
-    WORKAROUND: for the raw view heatmap() first builds alt.Scale(domainMid=None), which
+    WORKAROUND 1: for the raw view heatmap() first builds alt.Scale(domainMid=None), which
     Altair rejects at construction, then replaces it with a valid scale. Building without
     eager validation gives the intended chart (the final spec is still validated when it
     is serialised). Remove once patchcore.charts passes alt.Undefined instead of None.
     """
-    import altair as alt
     with alt.utils.schemapi.debug_mode(False):
         chart = heatmap(result, value=view, head=head, position=position)
+    # WORKAROUND 2: Vega-Lite hides overlapping axis labels by default, which dropped every other
+    # token (' John', ' Mary', …) from the demo's axis. Belongs in patchcore.charts.
+    chart = chart.configure_axisX(labelOverlap=False)
     chart.to_dict()  # full validation of what is actually drawn
     return chart
 
 
-def cell_detail(result, idx: tuple[int, ...], where=None) -> None:
-    where = where or st
+def cell_detail(result, idx: tuple[int, ...]) -> None:
+    """One cell: where it is, its raw and normalised value, and what that means in words."""
     shape = result.values.shape
     if len(idx) != len(shape) or any(i >= n for i, n in zip(idx, shape)):
-        where.info(f"The selected cell ({', '.join(map(str, idx))}) is not part of this result. "
-                   "Click a cell in the heatmap to see its details.")
+        st.info(f"The selected cell ({', '.join(map(str, idx))}) is not part of this result. "
+                "Click a cell in the heatmap to see its details.")
         return
     raw, score = float(result.values[idx]), float(result.normalized[idx])
-    box = where.container(border=True)
-    box.markdown("**Selected cell: " + md_escape(cell_name(result, idx)) + "**")
-    rows = [("layer", str(idx[result.axes.index("layer")]))]
+    items = [("layer", str(idx[result.axes.index("layer")]))]
     if "position" in result.axes:
         pos = idx[result.axes.index("position")]
-        rows += [("position", str(pos)), ("token", show_token(result.tokens[pos]))]
+        items += [("position", str(pos)), ("token", show_token(result.tokens[pos]))]
     if "head" in result.axes:
-        rows.append(("head", str(idx[result.axes.index("head")])))
-    rows += [(f"raw {result.metric}", f"{raw:.4f}"),
-             ("normalised score", "—" if not math.isfinite(score) else f"{score:.3f}"),
-             (f"clean / corrupted {result.metric}",
-              f"{result.clean_metric:.4f} / {result.corrupted_metric:.4f}")]
-    box.dataframe({"": [r[0] for r in rows], "value": [r[1] for r in rows]},
-                  hide_index=True, width="stretch")
-    box.text(meaning(result, score))
+        items.append(("head", str(idx[result.axes.index("head")])))
+    items += [(f"raw {metric_name(result.metric)}", f"{raw:.4f}"),
+              ("normalised score", "—" if not math.isfinite(score) else f"{score:.3f}")]
+    with st.container(border=True):
+        st.markdown("**Selected cell: " + md_escape(cell_name(result, idx)) + "**")
+        for col, (label, value) in zip(st.columns(len(items)), items):
+            col.metric(label, value)
+        st.text(meaning(result, score))
+        st.caption(f"Unpatched: clean {result.clean_metric:.4f}, corrupted {result.corrupted_metric:.4f}. "
+                   "Double-click the heatmap to clear the selection.")
 
 
 def show_result(result, slot: str, cell_key: str = "cell") -> None:
@@ -467,7 +490,7 @@ def show_result(result, slot: str, cell_key: str = "cell") -> None:
     view = controls[0].segmented_control(
         "Show", list(VIEWS), format_func=VIEWS.get, **bind(f"w_view_{slot}", "view"),
         help="Normalised: 1 = clean behaviour, 0 = corrupted behaviour. "
-             f"Raw: the {result.metric} itself after each patch.") or "normalized"
+             f"Raw: the {metric_name(result.metric)} itself after each patch.") or "normalized"
     head = position = None
     if len(result.axes) == 3:
         with controls[1]:
@@ -487,18 +510,13 @@ def show_result(result, slot: str, cell_key: str = "cell") -> None:
         show_error(exc)
         return
     chart_key = f"chart_{slot}"
-    left, right = st.columns([3, 1])
-    with left:
-        st.altair_chart(chart, on_select=lambda: _cell_from_event(result, chart_key, cell_key),
-                        selection_mode="cell", key=chart_key)
-        st.caption("Red: towards the clean answer; blue: towards the corrupted one. Hover a cell for "
-                   "its numbers; click it for details (double-click clears).")
-    with right:
-        idx = selected_cell(cell_key)
-        if idx is None:
-            st.caption("Click a cell in the heatmap to see what it means.")
-        else:
-            cell_detail(result, idx)
+    st.altair_chart(chart, on_select=lambda: _cell_from_event(result, chart_key, cell_key),
+                    selection_mode="cell", key=chart_key)
+    st.caption("Red: towards the clean behaviour; blue: away from it. Hover a cell for its numbers; "
+               "click it for its meaning.")
+    idx = selected_cell(cell_key)
+    if idx is not None:
+        cell_detail(result, idx)
 
     st.subheader("What this shows")
     for sentence in summarize(result):

@@ -58,13 +58,13 @@ elif not name:
     st.caption("Type a hub id or a path to load it.")
 
 st.subheader("Loaded model")
-if ui.is_loaded():
-    model = ui.get_model()
+model = ui.auto_model()  # the embedded model loads at once (quick once cached); hub models on request
+if model is not None:
     facts = model.facts()
     shown = pd.DataFrame({"": list(facts), "value": [f"{v:,}" if isinstance(v, int) else str(v)
                                                      for v in facts.values()]})
     st.dataframe(shown, hide_index=True, width="content")
     st.caption(f"Loaded in {model.load_seconds:.1f} s (shared by everyone using this dashboard).")
 else:
-    st.info(f"{ui.model_label(ss['model'])} is chosen but not loaded yet in this session. "
-            "Press Load model (or Run on the Patching page) to load it.", icon=":material/info:")
+    st.info(f"{ui.model_label(ss['model'])} is chosen but not loaded yet. Press Load model "
+            "(or Run on the Patching page) to load it.", icon=":material/info:")

@@ -164,8 +164,8 @@ except Exception as exc:  # noqa: BLE001
     ui.show_error(exc)
     st.stop()
 mc = st.columns(2)
-mc[0].metric(f"Clean {ss['metric']}", f"{base.clean_metric:+.3f}")
-mc[1].metric(f"Corrupted {ss['metric']}", f"{base.corrupted_metric:+.3f}")
+mc[0].metric(f"Clean {ui.metric_name(ss['metric'])}", f"{base.clean_metric:+.3f}")
+mc[1].metric(f"Corrupted {ui.metric_name(ss['metric'])}", f"{base.corrupted_metric:+.3f}")
 if base.clean_metric <= base.corrupted_metric:
     st.warning("On this pair the model does not favour the answer more on the clean prompt than on "
                "the corrupted one, so patching results will be hard to read. Try another pair or model.",

@@ -30,8 +30,7 @@ direction = c2.radio(
 c2.caption(DIRECTIONS[direction])
 metric = c3.selectbox(
     "Metric", list(METRICS), **ui.bind("w_metric", "metric"),
-    format_func={"logit_diff": "Logit difference", "prob": "Probability of the answer",
-                 "logprob": "Log-probability of the answer"}.get,
+    format_func=lambda m: ui.metric_name(m).capitalize(),
     help="\n\n".join(ui.md_escape(t) for t in METRICS.values()))
 c3.caption(METRICS[metric])
 if sweep == "layer":
@@ -53,7 +52,8 @@ else:
                  "\n".join(f"- {ui.md_escape(i.message.splitlines()[0])}" for i in issues),
                  icon=":material/error:")
     else:
-        p = ui.plan_line(model, prepared.n_tokens, sweep)
+        with st.spinner("Working out the cost of this sweep…"):  # the first estimate times the model
+            p = ui.plan_line(model, prepared.n_tokens, sweep)
         m = st.columns(4)
         m[0].metric("Patches", f"{p['patches']:,}", help="One patched forward pass per cell of the heatmap.")
         m[1].metric("Forward rows", f"{p['forward_rows']:,}",
@@ -66,7 +66,7 @@ else:
 
 busy = ui.job_running("patch")
 blocked = busy or (model is not None and prepared is None)
-b1, b2 = st.columns([1, 4])
+b1, b2, _ = st.columns([1, 1.5, 6])
 run = b1.button("Run", type="primary", icon=":material/play_arrow:", disabled=blocked, key="run_patch",
                 help="Exact patching: one patched forward pass per cell.")
 preview = ui.run_atp is not None and b2.button(

@@ -38,8 +38,8 @@ def test_prompts_page_shows_baseline_of_the_default_pair(embedded):
     prepared, _ = check_pair(embedded.tokenizer, DEFAULT_PAIR)
     base = run_baseline(embedded, DEFAULT_PAIR)
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Clean logit_diff"] == f"{base.clean_metric:+.3f}"
-    assert metrics["Corrupted logit_diff"] == f"{base.corrupted_metric:+.3f}"
+    assert metrics["Clean logit difference"] == f"{base.clean_metric:+.3f}"
+    assert metrics["Corrupted logit difference"] == f"{base.corrupted_metric:+.3f}"
     ids = " ".join(m.value for m in at.markdown)
     assert f"token id **{prepared.answer_id}**" in ids and f"token id **{prepared.wrong_id}**" in ids
     clean_top = at.dataframe[-2].value

@@ -78,8 +78,8 @@ def test_presets_fill_the_fields_and_run_the_baseline(prompts_page, embedded, ke
     assert errors(at) == []
     base = run_baseline(embedded, pair)
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Clean logit_diff"] == f"{base.clean_metric:+.3f}"
-    assert metrics["Corrupted logit_diff"] == f"{base.corrupted_metric:+.3f}"
+    assert metrics["Clean logit difference"] == f"{base.clean_metric:+.3f}"
+    assert metrics["Corrupted logit difference"] == f"{base.corrupted_metric:+.3f}"
 
 
 def test_ioi_builder_offers_only_single_token_names(prompts_page, tokenizer):

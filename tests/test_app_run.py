@@ -13,8 +13,8 @@ from patchcore.summary import cell_name, meaning, summarize
 
 
 def detail_rows(at) -> dict:
-    df = at.dataframe[-1].value
-    return dict(zip(df.iloc[:, 0], df["value"]))
+    """The selected cell's panel: a row of labelled numbers."""
+    return {m.label: m.value for m in at.metric}
 
 
 @pytest.mark.embedded
@@ -64,7 +64,7 @@ def test_run_demo_chart_equals_the_engine_and_cells_explain_themselves(embedded)
     no_exception(at)
     rows = detail_rows(at)
     assert rows["layer"] == str(layer) and rows["position"] == str(pos) and rows["token"] == "␣Mary"
-    assert float(rows["raw logit_diff"]) == pytest.approx(result.values[layer, pos], abs=1e-4)
+    assert float(rows["raw logit difference"]) == pytest.approx(result.values[layer, pos], abs=1e-4)
     assert float(rows["normalised score"]) == pytest.approx(result.normalized[layer, pos], abs=1e-3)
     assert meaning(result, float(result.normalized[layer, pos])) in texts(at)
     assert any(cell_name(result, (layer, pos)) in m.value.replace("\\", "") for m in at.markdown)
@@ -177,7 +177,7 @@ def test_raw_normalised_toggle_and_selected_cell_from_the_link(tiny_results):
     assert chart_spec(charts(at)[0])["layer"][0]["encoding"]["color"]["field"] == "value"
     rows = detail_rows(at)
     assert rows["layer"] == "2" and rows["position"] == "3" and rows["head"] == "0"
-    assert float(rows["raw logit_diff"]) == pytest.approx(r.values[2, 3, 0], abs=1e-4)
+    assert float(rows["raw logit difference"]) == pytest.approx(r.values[2, 3, 0], abs=1e-4)
     at.button_group[0].set_value("normalized").run()
     assert chart_spec(charts(at)[0])["layer"][0]["encoding"]["color"]["field"] == "normalized"
     assert "view" not in at.query_params

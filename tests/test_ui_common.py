@@ -61,6 +61,8 @@ def test_streamlit_config():
     assert 1 <= cfg["server"]["maxUploadSize"] <= 50
     assert cfg["browser"]["gatherUsageStats"] is False
     assert cfg["theme"]["base"] == "light"
+    # a full GC after every rerun holds the GIL for seconds with a model loaded: runs would starve
+    assert cfg["runner"]["postScriptGC"] is False
 
 
 def test_page_files_sort_in_reading_order():
