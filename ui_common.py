@@ -19,12 +19,12 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-import altair as alt
 import streamlit as st
 from streamlit import config as st_config
 
 from patchcore import (DEFAULT_PAIR, DIRECTIONS, METRICS, SWEEPS, Cancelled, ModelSpec, PatchError,
                        PromptPair, load_model, plan, prepare_pair, run_baseline, run_sweep)
+from patchcore.access import check_model_access
 from patchcore.charts import chart_png, chart_svg, heatmap
 from patchcore.history import save_run
 from patchcore.models import DTYPES, EMBEDDED, EMBEDDED_LABEL
@@ -231,6 +231,8 @@ def get_model(spec: tuple | None = None, where=None):
     where = where or st
     first = "" if is_loaded(spec) else " (the first load can take a minute)"
     try:
+        # local paths only for the person at this machine, or from the server's allowed folders
+        check_model_access(spec[0], st_config.get_option("server.address"))
         with where.container():
             with st.spinner(f"Loading {model_label(spec[0])}{first}…", show_time=True):
                 model = _cached_model(*spec)
@@ -429,18 +431,7 @@ def _cell_from_event(result, chart_key: str, cell_key: str) -> None:
 
 
 def _heatmap(result, view: str, head, position):
-    """patchcore.charts.heatmap, built with Altair's eager validation off, every token label shown.
-
-    WORKAROUND 1: for the raw view heatmap() first builds alt.Scale(domainMid=None), which
-    Altair rejects at construction, then replaces it with a valid scale. Building without
-    eager validation gives the intended chart (the final spec is still validated when it
-    is serialised). Remove once patchcore.charts passes alt.Undefined instead of None.
-    """
-    with alt.utils.schemapi.debug_mode(False):
-        chart = heatmap(result, value=view, head=head, position=position)
-    # WORKAROUND 2: Vega-Lite hides overlapping axis labels by default, which dropped every other
-    # token (' John', ' Mary', …) from the demo's axis. Belongs in patchcore.charts.
-    chart = chart.configure_axisX(labelOverlap=False)
+    chart = heatmap(result, value=view, head=head, position=position)
     chart.to_dict()  # full validation of what is actually drawn
     return chart
 
@@ -536,15 +527,16 @@ def show_result(result, slot: str, cell_key: str = "cell") -> None:
                             key=f"dl_svg_{slot}", icon=":material/image:")
 
 
-def plan_line(model, n_tokens: int, sweep: str) -> dict:
+def plan_line(model, n_tokens: int, sweep: str, first_diff: int = 0) -> dict:
     """Cost before a run, with the estimated time when patchcore.estimate is available."""
-    p = plan(model, n_tokens, sweep)
+    p = plan(model, n_tokens, sweep, first_diff)
     bs = ui_batch_size(model, n_tokens, sweep)
-    p["ui_batches"] = math.ceil(p["patches"] / bs)
+    p["ui_batches"] = math.ceil((p["forward_rows"] - 2) / bs)
     p["seconds"] = None
     if estimate_seconds is not None:
         try:
-            p["seconds"] = float(estimate_seconds(model, n_tokens, sweep, batch_size=bs))
+            p["seconds"] = float(estimate_seconds(model, n_tokens, sweep, batch_size=bs,
+                                                  first_diff=first_diff))
         except Exception:  # noqa: BLE001 - an estimate is optional
             p["seconds"] = None
     return p

@@ -52,18 +52,20 @@ def heatmap(r: PatchResult, value: str = "normalized", head: int | None = None,
     if x == "position":
         labels = json.dumps([t.strip() or repr(t) for t in r.tokens])
         x_enc = alt.X("position:O", title="token position",
-                      axis=alt.Axis(labelExpr=f"{labels}[datum.value]", labelAngle=-45))
+                      # every token label shown: Vega-Lite would hide overlapping ones
+                      axis=alt.Axis(labelExpr=f"{labels}[datum.value]", labelAngle=-45,
+                                    labelOverlap=False))
     elif x == "head":
         x_enc = alt.X("head:O", title="head")
     else:
         x_enc = alt.X("column:N", title=None)
     y_enc = alt.Y("layer:O", title="layer", sort="ascending")
     vtitle = "normalised score" if value == "normalized" else f"{r.metric} (raw)"
-    scale = alt.Scale(scheme="redblue", reverse=True, domainMid=0 if value == "normalized" else None,
-                      domain=[-extent, extent] if value == "normalized" else None)
-    if value != "normalized":
-        mid = r.corrupted_metric
-        scale = alt.Scale(scheme="redblue", reverse=True, domainMid=mid)
+    # diverging colours centred on "no change": 0 for scores, the corrupted run's metric for raw values
+    if value == "normalized":
+        scale = alt.Scale(scheme="redblue", reverse=True, domainMid=0, domain=[-extent, extent])
+    else:
+        scale = alt.Scale(scheme="redblue", reverse=True, domainMid=float(r.corrupted_metric))
     tooltip = [alt.Tooltip(f"{a}:O") for a in ("layer", "position", "head") if a in df.columns]
     if "token" in df.columns:
         tooltip.insert(2, alt.Tooltip("token:N"))

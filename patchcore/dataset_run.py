@@ -149,51 +149,6 @@ def result_from_json(d: dict):
 
 
 # --------------------------------------------------------------------------- running
-class SamePrefixSkip:
-    """Backend wrapper: skip patches that provably change nothing.
-
-    Before the first position where the clean and corrupted prompts differ, both
-    runs see the same tokens, and attention is causal, so every activation there
-    is identical in the two runs: patching it leaves the run unchanged. Those
-    cells get the unpatched run's logits without a forward. For IOI name swaps
-    (the prompts differ from S2 on) this skips about two thirds of a per-position
-    sweep. Exact: the numbers equal a full sweep's (up to float rounding of batching).
-    """
-
-    def __init__(self, inner, first_diff: int):
-        self.inner = inner
-        self.name = getattr(inner, "name", "local")
-        self.first = int(first_diff)
-        self._base: dict = {}
-        self.skipped = 0
-
-    def baseline(self, rows_ids, component):
-        logits, cache = self.inner.baseline(rows_ids, component)
-        for i in range(rows_ids.shape[0]):
-            self._base[tuple(int(t) for t in rows_ids[i].tolist())] = logits[i].detach()
-        return logits, cache
-
-    def order(self, cells, component, skip_lower=True):
-        perm = self.inner.order(cells, component, skip_lower) if hasattr(self.inner, "order") else None
-        perm = np.arange(len(cells)) if perm is None else np.asarray(perm)
-        pos = cells[perm, 1]
-        skip = (pos >= 0) & (pos < self.first)
-        return np.concatenate([perm[skip], perm[~skip]])  # skipped cells first: full batches for the rest
-
-    def patched(self, base_ids, source, cells, component, skip_lower=True):
-        pos = cells[:, 1]
-        skip = (pos >= 0) & (pos < self.first)
-        if not skip.any():
-            return self.inner.patched(base_ids, source, cells, component, skip_lower)
-        base = self._base[tuple(int(t) for t in base_ids.reshape(-1).tolist())]
-        out = base.unsqueeze(0).repeat(len(cells), 1)
-        if (~skip).any():
-            out[torch.as_tensor(~skip, device=out.device)] = self.inner.patched(
-                base_ids, source, cells[~skip], component, skip_lower).to(out.dtype)
-        self.skipped += int(skip.sum())
-        return out
-
-
 def _as_dataset(pairs, model: LoadedModel) -> PairDataset:
     if isinstance(pairs, PairDataset):
         return pairs
@@ -237,7 +192,7 @@ def plan_dataset(model: LoadedModel, pairs, sweep: str = "layer_pos", directions
 def estimate_dataset_seconds(model: LoadedModel, pairs, sweep: str = "layer_pos", directions: int = 1,
                              length: int | None = None) -> float | None:
     """Rough time before a run: the engine's per-sweep estimate summed over pairs, scaled down
-    for the positions SamePrefixSkip does not run. None when no estimate is available."""
+    for the positions before the first difference (run_sweep does not run them). None when no estimate is available."""
     try:
         from .estimate import estimate_seconds
     except ImportError:  # pragma: no cover - depends on what is installed
@@ -345,12 +300,9 @@ def _run(model, pairs, sweep, directions, metric, *, progress, cancel, on_wait, 
         for d in directions:
             if cancel is not None and cancel():
                 raise Cancelled()
-            be = make_backend(model, backend)
-            if spec.per_position and prep.diff_positions:
-                be = SamePrefixSkip(be, min(prep.diff_positions))
             r = run_sweep(model, prep, sweep, d, metric, batch_size=batch_size, progress=pair_progress,
-                          cancel=cancel, on_wait=on_wait, backend=be)
-            skipped += getattr(be, "skipped", 0)
+                          cancel=cancel, on_wait=on_wait, backend=make_backend(model, backend))
+            skipped += r.values.size + 2 - r.forward_rows  # cells run_sweep knew without running
             done_before += sizes[k]
             v = _by_role(r.values, spec.axes, mats[k]) if by_role else r.values
             per[d].append(v)

@@ -99,12 +99,15 @@ def calibrate(model: LoadedModel, refresh: bool = False, wait: bool = True) -> C
 
 
 def forward_work(model: LoadedModel, n_tokens: int, sweep: str, batch_size: int | None = None,
-                 skip_lower: bool = True) -> tuple[int, float]:
-    """(forward passes, cost units) the local backend will spend on a sweep, baseline included."""
+                 skip_lower: bool = True, first_diff: int = 0) -> tuple[int, float]:
+    """(forward passes, cost units) the local backend will spend on a sweep, baseline included.
+
+    first_diff: the first position where the prompts differ; cells before it are not run."""
     spec = get_sweep(sweep)
     c = model.components
     T, L = n_tokens, c.n_layers
     cells = spec.cells(L, T, c.n_heads)
+    cells = cells[~((cells[:, 1] >= 0) & (cells[:, 1] < first_diff))]
     backend = HookBackend(model)
     cm = backend.cost
     sup = backend.support(check=False)
@@ -142,7 +145,8 @@ def forward_work(model: LoadedModel, n_tokens: int, sweep: str, batch_size: int 
 
 
 def estimate_seconds(model: LoadedModel, n_tokens: int, sweep: str, *, method: str = "exact",
-                     batch_size: int | None = None, skip_lower: bool = True) -> float:
+                     batch_size: int | None = None, skip_lower: bool = True,
+                     first_diff: int = 0) -> float:
     """Seconds a sweep should take on this machine (method 'exact' or 'atp').
 
     The first call on a free model times two small forwards; while another run holds
@@ -155,12 +159,13 @@ def estimate_seconds(model: LoadedModel, n_tokens: int, sweep: str, *, method: s
         # one forward of both prompts with gradients kept, then a backward (~2 forwards)
         return 3 * cal.unit_s * forward_cost(2, n_tokens, 0, L, cm, False)
     get_sweep(sweep)
-    key = (n_tokens, sweep, batch_size or batch_rows(model, n_tokens), bool(skip_lower))
+    first_diff = max(0, min(int(first_diff), n_tokens))
+    key = (n_tokens, sweep, batch_size or batch_rows(model, n_tokens), bool(skip_lower), first_diff)
     memo = _ESTIMATES.setdefault(model.hf, {})
     if key in memo:
         forwards, work = memo[key]
     else:
-        forwards, work = forward_work(model, n_tokens, sweep, batch_size, skip_lower)
+        forwards, work = forward_work(model, n_tokens, sweep, batch_size, skip_lower, first_diff)
         if cal.measured and HookBackend(model).support(check=False) is not None:   # no guesses
             memo[key] = (forwards, work)
     return cal.unit_s * work

@@ -139,7 +139,7 @@ def embedded_model_file() -> Path:
     return path
 
 
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     return name.endswith(".gguf") or name.startswith(("/", ".", "~")) or os.path.exists(name)
 
 
@@ -211,7 +211,7 @@ def _load_hf(name: str, spec: ModelSpec, dtype: torch.dtype):
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, **kwargs)
         return model, tok
-    if _looks_like_path(name) and not Path(name).expanduser().exists():
+    if looks_like_path(name) and not Path(name).expanduser().exists():
         raise ModelLoadError(f"No model folder at '{name}'. Check the path, or use a hub id "
                              f"such as 'openai-community/gpt2'.")
     if Path(name).expanduser().is_file():  # a local file that is not .gguf: never a hub id
@@ -281,7 +281,7 @@ def _friendly_load_error(name: str, exc: BaseException) -> ModelLoadError:
             f"Not enough memory to load '{name}'. Try dtype bf16/fp16 on a GPU, a smaller model, "
             f"or the embedded model."
         )
-    if _looks_like_path(name):
+    if looks_like_path(name):
         first = str(exc).strip().splitlines()[0][:200].rstrip(".") if str(exc).strip() else type(exc).__name__
         return ModelLoadError(f"Could not read the model at '{name}': {first}. "
                               f"Point to a transformers model folder or a .gguf file.")

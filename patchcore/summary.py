@@ -13,6 +13,12 @@ STRONG = 0.5   # effect at or above this carries the behaviour
 NEGATIVE = -0.2
 
 
+def num(x: float, spec: str = ".2f") -> str:
+    """A number as text, never "-0.00": tiny negatives print as zero."""
+    t = format(x, spec)
+    return t[1:] if t.startswith("-") and float(t.rstrip("%")) == 0 else t
+
+
 def _tok(r: PatchResult, pos: int) -> str:
     return repr(r.tokens[pos])
 
@@ -45,7 +51,7 @@ def meaning(r: PatchResult, score: float) -> str:
     """What one normalised score means, in words."""
     if not np.isfinite(score):
         return "No normalised score (clean and corrupted runs give the same metric)."
-    pct = f"{score * 100:.0f}%"
+    pct = num(score * 100, ".0f") + "%"
     if r.direction == "denoise":
         if score >= 0.8:
             return f"Patching this alone restores {pct} of the clean behaviour: it carries the information."
@@ -104,7 +110,7 @@ def summarize(r: PatchResult, top_k: int = 3) -> list[str]:
     order = np.argsort(-flat)[:top_k]
     tops = [np.unravel_index(i, e.shape) for i in order if np.isfinite(flat[i])]
     s = r.normalized
-    listed = "; ".join(f"{cell_name(r, tuple(int(x) for x in t))}: {s[t]:.2f}" for t in tops)
+    listed = "; ".join(f"{cell_name(r, tuple(int(x) for x in t))}: {num(s[t])}" for t in tops)
     out.append(f"Strongest effect{'s' if len(tops) > 1 else ''}: {listed}. " + meaning(r, float(s[tops[0]])))
 
     if r.axes == ("layer", "position"):
@@ -132,7 +138,7 @@ def summarize(r: PatchResult, top_k: int = 3) -> list[str]:
         lead = ("Pushing the other way (towards the wrong answer): " if r.direction == "denoise" else
                 "Corrupting these makes the clean answer even stronger (they work against it): ")
         out.append(lead +
-                   "; ".join(f"{cell_name(r, tuple(int(x) for x in t))}: {s[t]:.2f}" for t in negs) + ".")
+                   "; ".join(f"{cell_name(r, tuple(int(x) for x in t))}: {num(s[t])}" for t in negs) + ".")
 
     if r.sweep == "layer":
         out.append("Caveat: patching the whole residual stream at one layer restores everything after "

@@ -56,10 +56,10 @@ def test_patching_page_shows_the_plan_before_running(embedded):
     at = open_app("Patching")
     no_exception(at)
     n = check_pair(embedded.tokenizer, DEFAULT_PAIR)[0].n_tokens
-    p = plan(embedded, n, "layer_pos")
+    p = plan(embedded, n, "layer_pos", first_diff=9)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Patches"] == f"{p['patches']:,}" == "480"
-    assert metrics["Forward rows"] == f"{p['forward_rows']:,}"
+    assert metrics["Forward rows"] == f"{p['forward_rows']:,}" == f"{30 * 7 + 2}"
     assert int(metrics["Batches"]) >= 2
     assert at.selectbox(key="w_sweep").value == "layer_pos"
     assert at.radio(key="w_direction").value == "denoise"
@@ -93,6 +93,27 @@ def test_model_page_bad_path_keeps_input_and_model():
     assert any("No GGUF file at '/nonexistent/folder/model.gguf'" in e for e in errors(at))
     assert at.text_input(key="w_model_other").value == "/nonexistent/folder/model.gguf"
     assert at.session_state["model"] == "embedded"  # the session keeps its working model
+
+
+@pytest.fixture
+def served_to_network():
+    """This dashboard as if started with --server.address 0.0.0.0 (the real option, restored after)."""
+    from streamlit import config as st_config
+    before = st_config.get_option("server.address")
+    st_config.set_option("server.address", "0.0.0.0")
+    yield
+    st_config.set_option("server.address", before)
+
+
+def test_model_page_refuses_local_paths_when_served_to_a_network(served_to_network, tmp_path):
+    at = open_app("Model")
+    at.radio(key="w_model_choice").set_value("__other__").run()
+    at.text_input(key="w_model_other").input(str(tmp_path)).run()
+    at.button[0].click().run()
+    no_exception(at)
+    assert any("PATCHCORE_MODEL_DIRS" in e and "served to other machines" in e for e in errors(at)), errors(at)
+    assert at.text_input(key="w_model_other").value == str(tmp_path)
+    assert at.session_state["model"] == "embedded"
 
 
 def test_model_page_unknown_hub_model_gives_a_clear_message():

@@ -63,7 +63,10 @@ def test_layer_pos_shape_and_tokens(layer_pos):
     assert layer_pos.tokens == TOKENS
     assert layer_pos.clean_metric == pytest.approx(5.14, abs=0.02)
     assert layer_pos.corrupted_metric == pytest.approx(-3.83, abs=0.02)
-    assert layer_pos.forward_rows == 30 * 16 + 2
+    # the prompts agree before ' Mary' (position 9): those 30 x 9 patches need no forward pass,
+    # and equal the unpatched corrupted run
+    assert layer_pos.forward_rows == 30 * (16 - 9) + 2
+    np.testing.assert_allclose(layer_pos.values[:, :9], layer_pos.corrupted_metric, atol=1e-4)
     frame = layer_pos.to_frame()
     assert len(frame) == 480 and list(frame["token"][:16]) == TOKENS
 

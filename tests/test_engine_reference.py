@@ -26,6 +26,7 @@ PAIR = PromptPair(clean="When Mary and John met, John thanked her",
 SHORT_PAIR = PromptPair(clean="Mary met John; John thanked",
                         corrupted="John met Mary; Mary thanked",
                         answer=" Mary", wrong=" John")
+FIRST_DIFF = {PAIR: 1, SHORT_PAIR: 0}
 SWEEPS = list(SWEEP_TABLE)
 DIRECTIONS = ["denoise", "noise"]
 AXES = {"layer": ("layer",), "layer_pos": ("layer", "position"), "attn_pos": ("layer", "position"),
@@ -68,14 +69,22 @@ def assert_matches(result, ref, metric="logit_diff"):
 def test_engine_equals_reference(tiny, references, family, sweep, direction):
     model = tiny(family)
     ref = references(family, sweep, direction)
-    for skip_lower in (True, False):
+    for skip_lower, skip_unchanged in ((True, True), (False, False), (True, False)):
         result = run_sweep(model, pair_for(sweep), sweep, direction, "logit_diff",
-                           batch_size=7, skip_lower=skip_lower)
+                           batch_size=7, skip_lower=skip_lower, skip_unchanged=skip_unchanged)
         assert result.axes == AXES[sweep]
         assert result.n_layers == 3 and result.n_heads == 4
         assert_matches(result, ref)
         assert result.batch_size == 7
-        assert result.forward_rows == result.values.size + 2
+        # cells before the first differing token write what is already there: not run (others
+        # can be equal too, e.g. GPT-NeoX's parallel layer-0 MLP sees only its own token)
+        if skip_unchanged:
+            first_diff = FIRST_DIFF[pair_for(sweep)]
+            prefix = (result.n_layers * first_diff * (result.n_heads if sweep == "head_pos" else 1)
+                      if "position" in result.axes else 0)
+            assert result.forward_rows <= result.values.size + 2 - prefix
+        else:
+            assert result.forward_rows == result.values.size + 2
 
 
 @pytest.mark.parametrize("metric", ["logit_diff", "prob", "logprob"])
