@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP   := $(VENV)/.setup-stamp
 PORT    ?= 8501
 
-.PHONY: setup run test browser-deps clean
+.PHONY: setup run test bench browser-deps clean
 
 setup: $(STAMP) browser-deps
 
@@ -31,6 +31,10 @@ run: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Speed: (a) seed loop vs (b) batched hooks vs (c) patchcore; rewrites the README's table.
+bench: setup
+	$(BIN)/python -m patchcore.bench --threads 1 --json bench.json --readme README.md
 
 clean:
 	rm -rf $(VENV)

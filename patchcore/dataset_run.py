@@ -191,25 +191,22 @@ def plan_dataset(model: LoadedModel, pairs, sweep: str = "layer_pos", directions
 
 def estimate_dataset_seconds(model: LoadedModel, pairs, sweep: str = "layer_pos", directions: int = 1,
                              length: int | None = None) -> float | None:
-    """Rough time before a run: the engine's per-sweep estimate summed over pairs, scaled down
-    for the positions before the first difference (run_sweep does not run them). None when no estimate is available."""
+    """Rough time before a run: the engine's per-sweep estimate summed over pairs (positions
+    before the first difference are not run). None when no estimate is available."""
     try:
         from .estimate import estimate_seconds
     except ImportError:  # pragma: no cover - depends on what is installed
         return None
     spec = get_sweep(sweep)
     ds = for_sweep(_as_dataset(pairs, model), spec.per_position, model.tokenizer, length)
-    per_len: dict[int, float] = {}
+    per_shape: dict[tuple[int, int], float] = {}
     total = 0.0
     for it in ds.items:
         prep = prepare_pair(model.tokenizer, it.pair)
-        n = prep.n_tokens
-        if n not in per_len:
-            per_len[n] = float(estimate_seconds(model, n, sweep))
-        share = 1.0
-        if spec.per_position and prep.diff_positions:
-            share = (n - min(prep.diff_positions)) / n
-        total += per_len[n] * share
+        key = (prep.n_tokens, min(prep.diff_positions, default=0))
+        if key not in per_shape:
+            per_shape[key] = float(estimate_seconds(model, key[0], sweep, first_diff=key[1]))
+        total += per_shape[key]
     return total * directions
 
 
