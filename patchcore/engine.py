@@ -101,11 +101,12 @@ def unchanged_cells(cache: list, cells: np.ndarray, component: str, n_heads: int
         eq = same.all(-1, keepdim=True)                         # (L, T, 1)
     eq = eq.cpu().numpy()
     layer, pos, head = cells[:, 0], cells[:, 1], cells[:, 2]
-    out = np.empty(len(cells), dtype=bool)
-    for i, (l, p, h) in enumerate(zip(layer, pos, head)):  # once per sweep, not in the hot loop
-        e = eq[l] if p < 0 else eq[l, p][None]
-        out[i] = bool(e.all() if h < 0 else e[:, h].all())
-    return out
+    p, h = np.maximum(pos, 0), np.maximum(head, 0)      # -1 means "all": handled by the .all()s
+    one = eq[layer, p, np.minimum(h, eq.shape[2] - 1)]
+    return np.where(pos >= 0,
+                    np.where(head >= 0, one, eq.all(2)[layer, p]),
+                    np.where(head >= 0, eq.all(1)[layer, np.minimum(h, eq.shape[2] - 1)],
+                             eq.all((1, 2))[layer]))
 
 
 def _is_oom(exc: BaseException) -> bool:
