@@ -267,9 +267,13 @@ def _model_box() -> None:
     if box is None:
         return
     s = st.session_state
+    remote = s.get("_remote")  # an NDIF connection (ui_remote.Remote): Patching and Prompts run there
     with box.container():
         st.markdown("**Model**")
-        if is_loaded():
+        if remote is not None:
+            st.markdown(md_escape(remote.model.label))
+            st.caption(remote.caption)
+        elif is_loaded():
             facts = _cached_model(*chosen_spec()).facts()
             st.markdown(md_escape(facts["model"]))
             st.caption(f"device **{facts['device']}** · dtype **{facts['dtype']}** · "
@@ -294,6 +298,7 @@ class Job:
     thread: threading.Thread | None = None
     notes: list = field(default_factory=list)  # short lines shown with the outcome
     unit: str = "patches"                       # what `done` and `total` count
+    status: str = ""                            # a remote job's state, e.g. "QUEUED (baseline)"
 
     @property
     def running(self) -> bool:
@@ -379,6 +384,8 @@ def _progress_text(job: Job) -> str:
         return "Waiting for another run on this model to finish…"
     if job.cancel.is_set():
         return f"Cancelling… ({job.done} of {job.total} {job.unit} done)"
+    if job.status:
+        return f"NDIF: {job.status} · {job.done} of {job.total} {job.unit} ({elapsed})"
     if job.total > 1:
         return f"Patching: {job.done} of {job.total} {job.unit} ({elapsed})"
     return f"Working… ({elapsed})"

@@ -1,8 +1,10 @@
-"""Model: the embedded model, suggested hub models, any hub id or local path; device and dtype."""
+"""Model: the embedded model, suggested hub models, any hub id or local path; device and dtype;
+or a hub model on NDIF (remote, see ui_remote.py)."""
 import pandas as pd
 import streamlit as st
 
 import ui_common as ui
+import ui_remote
 from patchcore.models import DTYPES, EMBEDDED, SUGGESTED_HUB_MODELS
 
 ui.page("Model", ":material/memory:")
@@ -13,6 +15,10 @@ CHOICES = [EMBEDDED] + SUGGESTED_HUB_MODELS + [OTHER]
 st.title("Model")
 st.caption("Patching works on any of these; the embedded model is built in and works offline. "
            "Hub models download from huggingface.co the first time (internet needed).")
+
+if ui_remote.where_choice() == "ndif":
+    ui_remote.connect_panel()
+    st.stop()
 
 # The form's widgets start from the session's model; the session only switches after a successful load.
 if "w_model_choice" not in ss:
@@ -51,6 +57,7 @@ if st.button("Load model", type="primary", icon=":material/download:", disabled=
         ss["model"], ss["device"], ss["dtype"], ss["revision"] = spec[:4]
         ss["trust_remote_code"] = spec[4]
         ss["_loaded_spec"] = spec
+        ui_remote.disconnect()  # the session runs this local model from now on
         ss["cell"] = ""  # a selected cell belongs to the previous model's results
         ui.sync_url()
         st.rerun()  # redraw the sidebar with the new model
@@ -58,6 +65,10 @@ elif not name:
     st.caption("Type a hub id or a path to load it.")
 
 st.subheader("Loaded model")
+if ui_remote.active():
+    st.info(f"This session runs on NDIF ({ui.md_escape(ui_remote.active().hub_id)}). Load a model here "
+            "to run locally again.", icon=":material/cloud:")
+    st.stop()
 model = ui.auto_model()  # the embedded model loads at once (quick once cached); hub models on request
 if model is not None:
     facts = model.facts()

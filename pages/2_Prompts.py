@@ -3,6 +3,7 @@ import pandas as pd
 import streamlit as st
 
 import ui_common as ui
+import ui_remote
 from patchcore import presets
 from patchcore.prompts import check_pair, encode, token_texts
 
@@ -16,7 +17,8 @@ st.title("Prompts")
 st.caption("A clean prompt, a corrupted prompt that differs in one detail, and the two answers to "
            "compare: the one the clean prompt should give and the one the corrupted prompt pushes towards.")
 
-model = ui.auto_model()
+remote = ui_remote.active()  # connected to NDIF on the Model page: the baseline runs there
+model = remote.model if remote else ui.auto_model()
 if model is None:
     st.warning(f"Load the model {ui.model_label(ss['model'])!r} to check the prompts against its tokenizer.",
                icon=":material/memory:")
@@ -159,9 +161,12 @@ ids = st.columns(2)
 ids[0].markdown(f"Answer {ui.md_escape(repr(pair.answer))} → token id **{prepared.answer_id}**")
 ids[1].markdown(f"Wrong answer {ui.md_escape(repr(pair.wrong))} → token id **{prepared.wrong_id}**")
 try:
-    base = ui.baseline(model, prepared, ss["metric"])
+    base = (ui_remote.baseline_panel(remote, prepared, ss["metric"]) if remote else
+            ui.baseline(model, prepared, ss["metric"]))
 except Exception as exc:  # noqa: BLE001
     ui.show_error(exc)
+    st.stop()
+if base is None:  # an NDIF baseline runs on request
     st.stop()
 mc = st.columns(2)
 mc[0].metric(f"Clean {ui.metric_name(ss['metric'])}", f"{base.clean_metric:+.3f}")

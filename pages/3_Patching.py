@@ -2,6 +2,7 @@
 import streamlit as st
 
 import ui_common as ui
+import ui_remote
 from patchcore import DIRECTIONS, METRICS, SWEEPS, check_pair
 
 ui.page("Patching", ":material/grid_on:")
@@ -38,7 +39,8 @@ if sweep == "layer":
             "after it: expect values near 1 at every layer. “Residual stream, layer × position” is "
             "the informative default.", icon=":material/info:")
 
-model = ui.auto_model()
+remote = ui_remote.active()  # connected to NDIF on the Model page: every run goes there
+model = remote.model if remote else ui.auto_model()
 prepared = None
 if model is None:
     if not ui.is_loaded():
@@ -51,6 +53,8 @@ else:
         st.error("The prompt pair has a problem; fix it on the Prompts page before running:\n\n" +
                  "\n".join(f"- {ui.md_escape(i.message.splitlines()[0])}" for i in issues),
                  icon=":material/error:")
+    elif remote:
+        ui_remote.plan_metrics(remote, prepared, sweep)
     else:
         with st.spinner("Working out the cost of this sweep…"):  # the first estimate times the model
             p = ui.plan_line(model, prepared.n_tokens, sweep, min(prepared.diff_positions, default=0))
@@ -72,14 +76,17 @@ b1, b2, _ = st.columns([1, 1.5, 6])
 run = b1.button("Run", type="primary", icon=":material/play_arrow:", disabled=blocked, key="run_patch",
                 help="Exact patching: one patched forward pass per cell.")
 preview = ui.run_atp is not None and b2.button(
-    "Fast preview", icon=":material/bolt:", disabled=blocked, key="preview_patch",
-    help="Attribution patching: estimates every cell from two forward passes and one backward "
-         "pass – seconds instead of minutes, but approximate (weakest on the residual stream).")
+    "Fast preview", icon=":material/bolt:", disabled=blocked or bool(remote), key="preview_patch",
+    help="Local models only: it needs gradients, which NDIF runs do not send back." if remote else
+    "Attribution patching: estimates every cell from two forward passes and one backward "
+    "pass – seconds instead of minutes, but approximate (weakest on the residual stream).")
 if run or preview:
     model = model or ui.get_model()
     if model is not None:
         try:
-            if run:
+            if run and remote:
+                ui_remote.start_sweep("patch", remote, pair, sweep, direction, metric, save=True)
+            elif run:
                 ui.start_sweep("patch", model, pair, sweep, direction, metric, save=True)
             else:
                 ui.start_preview("patch", model, pair, sweep, direction, metric)

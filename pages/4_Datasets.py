@@ -3,6 +3,7 @@ import pandas as pd
 import streamlit as st
 
 import ui_common as ui
+import ui_remote
 import ui_datasets as uid
 from patchcore import METRICS, SWEEPS
 from patchcore.dataset_run import estimate_dataset_seconds, plan_dataset
@@ -26,6 +27,10 @@ st.caption("One prompt pair is an anecdote. Run the same sweep over many pairs: 
            "mean over pairs with a 95% interval, so you can see which findings hold up.")
 
 model = ui.auto_model()
+if ui_remote.active():
+    st.info("This session is connected to NDIF for single pairs (Patching page). Datasets run on this "
+            f"machine's model, {ui.model_label(ss['model'])}: on NDIF every pair would be its own job.",
+            icon=":material/cloud_off:")
 if model is None:
     st.warning(f"The model {ui.model_label(ss['model'])!r} is not loaded yet. Load it to build and "
                "check pairs with its tokenizer.", icon=":material/memory:")
