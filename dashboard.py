@@ -23,7 +23,7 @@ with st.container(border=True):
     st.text(f"Clean:      {DEFAULT_PAIR.clean} …  (the model should say “{DEFAULT_PAIR.answer.strip()}”)")
     st.text(f"Corrupted:  {DEFAULT_PAIR.corrupted} …  (now “{DEFAULT_PAIR.wrong.strip()}” is right)")
     st.caption("Model: SmolLM2-135M, built in and offline. The demo patches the residual stream at "
-               "every layer and every word (denoising: clean into corrupted) – about a minute on a laptop CPU.")
+               "every layer and every word (denoising: clean into corrupted) – under a minute on a laptop CPU.")
     if st.button("Run demo", type="primary", icon=":material/play_arrow:",
                  disabled=ui.job_running("demo")):
         model = ui.get_model(DEMO_SPEC)
