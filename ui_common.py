@@ -30,14 +30,8 @@ from patchcore.history import save_run
 from patchcore.models import DTYPES, EMBEDDED, EMBEDDED_LABEL
 from patchcore.summary import cell_name, meaning, summarize
 
-try:  # optional parts of patchcore: the UI offers them when they are installed
-    from patchcore.estimate import estimate_seconds
-except ImportError:  # pragma: no cover - depends on what is merged
-    estimate_seconds = None
-try:
-    from patchcore.attribution import run_atp
-except ImportError:  # pragma: no cover
-    run_atp = None
+from patchcore.attribution import run_atp
+from patchcore.estimate import estimate_seconds
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 VIEWS = {"normalized": "Normalised score", "value": "Raw metric"}
@@ -535,17 +529,15 @@ def show_result(result, slot: str, cell_key: str = "cell") -> None:
 
 
 def plan_line(model, n_tokens: int, sweep: str, first_diff: int = 0) -> dict:
-    """Cost before a run, with the estimated time when patchcore.estimate is available."""
+    """Cost before a run, with the estimated time."""
     p = plan(model, n_tokens, sweep, first_diff)
     bs = ui_batch_size(model, n_tokens, sweep)
     p["ui_batches"] = math.ceil((p["forward_rows"] - 2) / bs)
-    p["seconds"] = None
-    if estimate_seconds is not None:
-        try:
-            p["seconds"] = float(estimate_seconds(model, n_tokens, sweep, batch_size=bs,
-                                                  first_diff=first_diff))
-        except Exception:  # noqa: BLE001 - an estimate is optional
-            p["seconds"] = None
+    try:
+        p["seconds"] = float(estimate_seconds(model, n_tokens, sweep, batch_size=bs,
+                                              first_diff=first_diff))
+    except Exception:  # noqa: BLE001 - an estimate is optional: "—" rather than no page
+        p["seconds"] = None
     return p
 
 

@@ -2,6 +2,7 @@
 import streamlit as st
 
 import ui_common as ui
+import ui_atp
 import ui_remote
 from patchcore import DIRECTIONS, METRICS, SWEEPS, check_pair
 
@@ -75,7 +76,7 @@ blocked = busy or (model is not None and prepared is None)
 b1, b2, _ = st.columns([1, 1.5, 6])
 run = b1.button("Run", type="primary", icon=":material/play_arrow:", disabled=blocked, key="run_patch",
                 help="Exact patching: one patched forward pass per cell.")
-preview = ui.run_atp is not None and b2.button(
+preview = b2.button(
     "Fast preview", icon=":material/bolt:", disabled=blocked or bool(remote), key="preview_patch",
     help="Local models only: it needs gradients, which NDIF runs do not send back." if remote else
     "Attribution patching: estimates every cell from two forward passes and one backward "
@@ -100,3 +101,4 @@ if result is not None:
     if asked != (result.sweep, result.direction, result.metric, result.pair):
         st.caption("The settings above changed since this result was computed; press Run to update it.")
     ui.show_result(result, "patch")
+    ui_atp.panel(result, model)

@@ -5,6 +5,7 @@ import pytest
 from app_helpers import (chart_data, chart_spec, charts, click_chart, errors, isolated_history,  # noqa: F401
                          no_exception, open_app, texts, wait_for_job)
 from patchcore import DEFAULT_PAIR, PromptPair, run_sweep
+from patchcore.attribution import agreement
 from patchcore.history import History
 from patchcore.models import EMBEDDED_LABEL
 from patchcore.presets import PRESETS
@@ -112,8 +113,7 @@ def test_patching_page_run_shows_the_result_and_records_it(isolated_history):
 
 
 @pytest.mark.embedded
-def test_fast_preview_shows_an_attribution_estimate(isolated_history):
-    pytest.importorskip("patchcore.attribution")  # another engineer's module; offered when installed
+def test_fast_preview_shows_an_attribution_estimate(isolated_history, embedded):
     pair = PRESETS["capital"].pair
     at = open_app("Patching", sweep="attn_pos", clean=pair.clean, corrupted=pair.corrupted,
                   answer=pair.answer, wrong=pair.wrong)
@@ -127,6 +127,26 @@ def test_fast_preview_shows_an_attribution_estimate(isolated_history):
     data = chart_data(charts(at)[0]).sort_values(["layer", "position"])
     np.testing.assert_allclose(data["value"], result.values.reshape(-1), rtol=1e-6)
     assert History(isolated_history).list() == []  # previews are not stored as runs
+
+    # one click checks the estimate's top 10 cells exactly: the numbers are run_sweep's
+    at.button(key="atp_check_top").click().run()
+    wait_for_job(at, "atp_check")
+    no_exception(at)
+    table = at.session_state["_result_atp_check"][1]
+    exact = run_sweep(embedded, pair, "attn_pos", "denoise")
+    assert len(table) == 10
+    np.testing.assert_allclose(table["exact"], exact.values[table["layer"], table["position"]], atol=1e-4)
+    np.testing.assert_allclose(table["atp"], result.values[table["layer"], table["position"]])
+    assert any("run exactly" in c.value for c in at.caption)
+
+    # after an exact Run of the same experiment, the agreement report sits under the chart
+    at.button(key="run_patch").click().run()
+    wait_for_job(at, "patch")
+    no_exception(at)
+    rep = agreement(result, at.session_state["_result_patch"], k=10)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Spearman ρ"] == f"{rep['spearman']:.2f}"
+    assert metrics["Top-10 overlap"] == f"{rep['top_k_overlap']:.0%}"
 
 
 # ----------------------------------------------------------------- results on a tiny model (fast)

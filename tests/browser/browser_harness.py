@@ -318,6 +318,10 @@ class Session:
                     .map(s => document.querySelector(s)).filter(Boolean).map(e => e.scrollHeight))""")
             height = int(min(max(VIEWPORT["height"], content + 40), 3000))
         self.page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
+        # from the top of the page (a download or a click may have scrolled it down)
+        self.page.evaluate("""() => { window.scrollTo(0, 0);
+            for (const s of ['[data-testid="stMain"]', '[data-testid="stAppViewContainer"]'])
+                document.querySelector(s)?.scrollTo(0, 0); }""")
         try:
             self.page.wait_for_timeout(800)  # relayout, and let Vega finish drawing
             self.page.screenshot(path=str(path), animations="disabled")
