@@ -226,8 +226,12 @@ class Session:
         """Switch pages through the sidebar link, as a user does (keeps the session)."""
         nav = self.page.locator('[data-testid="stSidebarNav"]')
         link = nav.get_by_role("link", name=re.compile(title_pattern, re.I)).first
+        target = urllib.parse.urlsplit(link.get_attribute("href") or "").path
         link.click()
         self.page.wait_for_load_state()
+        # the new page's script may not have started yet: wait for its address, then its run
+        self.page.wait_for_function("p => window.location.pathname === p", arg=target or "/",
+                                    timeout=UI_S * 1000)
         self.settle()
 
     @property

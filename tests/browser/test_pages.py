@@ -16,8 +16,11 @@ def test_model_page(server, open_session):
     s.open_page("^Model$")
     s.main.get_by_role("heading", name="Model", exact=True).wait_for()
     assert s.main.get_by_role("radio", name=re.compile("SmolLM2-135M")).is_checked()
-    assert s.main.get_by_role("combobox", name="Device").count() == 1
-    assert s.main.get_by_role("combobox", name="Precision (dtype)").count() == 1
+    # the page draws top to bottom: wait for each widget before counting it
+    for name in ("Device", "Precision (dtype)"):
+        box = s.main.get_by_role("combobox", name=name)
+        box.first.wait_for()
+        assert box.count() == 1, name
     s.button("Load model").click()
     s.settle()
     # architecture facts of the embedded model, and the sidebar says what is loaded
@@ -54,7 +57,7 @@ def test_prompts_page(server, open_session):
     answer.fill(" Paris Paris")
     answer.press("Enter")
     s.settle()
-    assert s.main.locator('[data-testid="stAlertContentError"]').count() >= 1
+    s.main.locator('[data-testid="stAlertContentError"]').first.wait_for()
     assert answer.input_value() == " Paris Paris"
     answer.fill(" Paris")
     answer.press("Enter")
@@ -80,6 +83,7 @@ def test_datasets_page_renders(server, open_session):
     s.goto("/")
     s.open_page("^Datasets$")
     s.main.get_by_role("heading", name="Datasets").wait_for()
+    s.button("Run dataset").first.wait_for()
     assert s.button("Run dataset").count() == 1
     s.assert_clean("on the Datasets page")
     s.screenshot("datasets")
