@@ -184,16 +184,16 @@ def quadrant_scatter(both: BothResult, threshold: float = STRONG) -> alt.LayerCh
                alt.Tooltip("enough_high:Q", format=".2f"), alt.Tooltip("needed:Q", format=".2f"),
                alt.Tooltip("needed_low:Q", format=".2f"), alt.Tooltip("needed_high:Q", format=".2f")]
     pts = alt.Chart(q).mark_circle(size=50, opacity=0.8).encode(
-        x=alt.X("enough:Q", title="enough: restoring it alone brings back (denoising)"),
-        y=alt.Y("needed:Q", title="needed: corrupting it destroys (noising)"),
+        x=alt.X("enough:Q", title="enough (denoising: restoring it alone)"),
+        y=alt.Y("needed:Q", title="needed (noising: corrupting it)"),
         color=alt.Color("quadrant:N", scale=alt.Scale(domain=domain,
                                                        range=[QUADRANT_COLORS[k] for k in domain])),
         tooltip=tooltip)
     lines = pd.DataFrame([{"t": threshold}])
     vr = alt.Chart(lines).mark_rule(strokeDash=[4, 4], color="gray").encode(x="t:Q")
     hr = alt.Chart(lines).mark_rule(strokeDash=[4, 4], color="gray").encode(y="t:Q")
-    return alt.layer(vr, hr, pts).properties(width=420, height=360,
-                                              title="Needed vs enough, one dot per component")
+    # narrow enough for its column beside the quadrant heatmap (legend included)
+    return alt.layer(vr, hr, pts).properties(width=260, height=300, title="Needed vs enough")
 
 
 def difference_heatmap(c: Comparison, head: int | None = None, position: int | None = None) -> alt.LayerChart:
