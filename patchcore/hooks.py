@@ -285,18 +285,23 @@ def _widen_cache(base, rows: int, from_layer: int):
     return cache
 
 
-def _skip_block(stack: ExitStack, block: torch.nn.Module, output: torch.Tensor) -> None:
-    """Until the stack closes, calling `block` returns `output` without computing anything."""
-    had = "forward" in block.__dict__
-    old = block.__dict__.get("forward")
-    block.forward = lambda *args, **kwargs: output
+def _override_forward(stack: ExitStack, module: torch.nn.Module, forward) -> None:
+    """Until the stack closes, calling `module` runs `forward` instead of its own."""
+    had = "forward" in module.__dict__
+    old = module.__dict__.get("forward")
+    module.forward = forward
 
     def restore():
         if had:
-            block.forward = old
+            module.forward = old
         else:
-            del block.forward
+            del module.forward
     stack.callback(restore)
+
+
+def _skip_block(stack: ExitStack, block: torch.nn.Module, output: torch.Tensor) -> None:
+    """Until the stack closes, calling `block` returns `output` without computing anything."""
+    _override_forward(stack, block, lambda *args, **kwargs: output)
 
 
 class HookBackend:
@@ -449,22 +454,12 @@ class HookBackend:
 
     def _capture_head(self, stack: ExitStack) -> list:
         """Until the stack closes, the unembedding records its input and returns zeros."""
-        head = self.c.unembed
         got: list = []
 
         def capture(h, *args, **kwargs):
             got.append(h)
             return h.new_zeros(1, 1, 1).expand(h.shape[0], h.shape[1], self.c.vocab_size)
-        had = "forward" in head.__dict__
-        old = head.__dict__.get("forward")
-        head.forward = capture
-
-        def restore():
-            if had:
-                head.forward = old
-            else:
-                del head.forward
-        stack.callback(restore)
+        _override_forward(stack, self.c.unembed, capture)
         return got
 
     def _unembed(self, hidden) -> torch.Tensor:
