@@ -541,6 +541,17 @@ def plan_line(model, n_tokens: int, sweep: str, first_diff: int = 0) -> dict:
     return p
 
 
+def cost_columns(p: dict) -> list:
+    """Four metric columns; the first two say patches and forward rows (from engine.plan)."""
+    m = st.columns(4)
+    m[0].metric("Patches", f"{p['patches']:,}", help="One patch per cell of the heatmap.")
+    m[1].metric("Forward rows", f"{p['forward_rows']:,}",
+                help="Patched rows plus the clean and corrupted baseline runs. Patches before the "
+                     "first word where the prompts differ copy what is already there, so they "
+                     f"need no forward pass ({p['skipped']:,} here).")
+    return m
+
+
 def start_preview(slot: str, model, pair: PromptPair, sweep: str, direction: str, metric: str) -> Job:
     """Attribution patching (patchcore.attribution): every cell estimated from two forwards and a backward."""
     prepared = prepare_pair(model.tokenizer, pair)

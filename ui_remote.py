@@ -275,12 +275,8 @@ def _safe_error(exc: BaseException, typed_key: str | None) -> PatchError:
 
 def plan_metrics(remote: Remote, prepared, sweep: str) -> None:
     """The Patching page's cost line for an NDIF run."""
-    p = plan(remote.model, prepared.n_tokens, sweep, min(prepared.diff_positions, default=0))
-    m = st.columns(4)
-    m[0].metric("Patches", f"{p['patches']:,}", help="One patch per cell of the heatmap.")
-    m[1].metric("Forward rows", f"{p['forward_rows']:,}",
-                help="Patched rows plus the clean and corrupted baseline runs; "
-                     f"{p['skipped']:,} patches before the first differing word need no forward pass.")
+    p = plan(remote.model, prepared.n_tokens, sweep, prepared.first_diff)
+    m = ui.cost_columns(p)
     m[2].metric("NDIF requests", "2", help="The baseline, then every patch in one nnsight session.")
     m[3].metric("Runs on", "simulated NDIF" if remote.simulated else "NDIF",
                 help="Time is NDIF's queue plus one forward pass per 128 patches on the server; "

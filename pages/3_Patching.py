@@ -58,13 +58,8 @@ else:
         ui_remote.plan_metrics(remote, prepared, sweep)
     else:
         with st.spinner("Working out the cost of this sweep…"):  # the first estimate times the model
-            p = ui.plan_line(model, prepared.n_tokens, sweep, min(prepared.diff_positions, default=0))
-        m = st.columns(4)
-        m[0].metric("Patches", f"{p['patches']:,}", help="One patch per cell of the heatmap.")
-        m[1].metric("Forward rows", f"{p['forward_rows']:,}",
-                    help="Patched rows plus the clean and corrupted baseline runs. Patches before the "
-                         "first word where the prompts differ copy what is already there, so they "
-                         f"need no forward pass ({p['skipped']:,} here).")
+            p = ui.plan_line(model, prepared.n_tokens, sweep, prepared.first_diff)
+        m = ui.cost_columns(p)
         m[2].metric("Batches", f"{p['ui_batches']:,}",
                     help="Rows are run in batches; progress and Cancel act between batches.")
         m[3].metric("Estimated time", "—" if p["seconds"] is None else f"~{p['seconds']:.0f} s",

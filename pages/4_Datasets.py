@@ -91,8 +91,7 @@ sweep = c1.selectbox("What to patch", list(SWEEPS), format_func=lambda s: SWEEPS
 directions = c2.radio("Directions", list(uid.DIRECTION_CHOICES), format_func=uid.DIRECTION_CHOICES.get,
                       key="ds_directions")
 metric = c3.selectbox("Metric", list(METRICS), key="ds_metric",
-                      format_func={"logit_diff": "Logit difference", "prob": "Probability of the answer",
-                                   "logprob": "Log-probability of the answer"}.get)
+                      format_func=lambda m: ui.metric_name(m).capitalize())
 with st.expander("Statistics"):
     n_boot = int(st.number_input("Bootstrap resamples", 200, 20000, 1000, step=100, key="ds_n_boot",
                                  help="More resamples give steadier interval ends; 1,000 is usual."))

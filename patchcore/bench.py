@@ -265,7 +265,7 @@ def bench_fast(model, sweep: str, direction: str = "denoise", log=print) -> tupl
     row = {"model": model.label, "sweep": sweep, "direction": direction, "tokens": T,
            "layers": c.n_layers, "heads": c.n_heads, "device": str(model.device)}
     t0 = time.perf_counter()
-    row["estimate_s"] = estimate_seconds(model, T, sweep, first_diff=min(prepared.diff_positions, default=0))
+    row["estimate_s"] = estimate_seconds(model, T, sweep, first_diff=prepared.first_diff)
     row["estimate_overhead_s"] = time.perf_counter() - t0
 
     b_vals, row["b_s"], row["b_cpu_s"], row["b_rows_per_forward"] = plain_hooks(model, prepared, sweep, direction)

@@ -203,7 +203,7 @@ def estimate_dataset_seconds(model: LoadedModel, pairs, sweep: str = "layer_pos"
     total = 0.0
     for it in ds.items:
         prep = prepare_pair(model.tokenizer, it.pair)
-        key = (prep.n_tokens, min(prep.diff_positions, default=0))
+        key = (prep.n_tokens, prep.first_diff)
         if key not in per_shape:
             per_shape[key] = float(estimate_seconds(model, key[0], sweep, first_diff=key[1]))
         total += per_shape[key]

@@ -45,6 +45,12 @@ def batch_rows(model: LoadedModel, n_tokens: int, budget_mb: int | None = None) 
     return int(max(1, min(MAX_BATCH, budget // per_row)))
 
 
+def before_first_diff(cells: np.ndarray, first_diff: int) -> np.ndarray:
+    """Cells at one position before the first where the prompts differ: known to be unchanged
+    before a run (unchanged_cells finds them, and any others, from the activations)."""
+    return (cells[:, 1] >= 0) & (cells[:, 1] < first_diff)
+
+
 def plan(model: LoadedModel, n_tokens: int, sweep: str, first_diff: int = 0) -> dict:
     """What a sweep will cost before it runs: patches, forward rows, batches.
 
@@ -52,10 +58,9 @@ def plan(model: LoadedModel, n_tokens: int, sweep: str, first_diff: int = 0) -> 
     already there, so run_sweep knows their value without a forward (see unchanged_cells)."""
     spec = get_sweep(sweep)
     c = model.components
-    n = int(np.prod(spec.shape(c.n_layers, n_tokens, c.n_heads)))
-    skipped = 0
-    if "position" in spec.axes:
-        skipped = n // n_tokens * max(0, min(int(first_diff), n_tokens))
+    cells = spec.cells(c.n_layers, n_tokens, c.n_heads)
+    n = len(cells)
+    skipped = int(before_first_diff(cells, first_diff).sum())
     bs = batch_rows(model, n_tokens)
     run = n - skipped
     return {"patches": n, "skipped": skipped, "forward_rows": run + 2, "batch_size": bs,
@@ -101,12 +106,11 @@ def unchanged_cells(cache: list, cells: np.ndarray, component: str, n_heads: int
         eq = same.all(-1, keepdim=True)                         # (L, T, 1)
     eq = eq.cpu().numpy()
     layer, pos, head = cells[:, 0], cells[:, 1], cells[:, 2]
-    p, h = np.maximum(pos, 0), np.maximum(head, 0)      # -1 means "all": handled by the .all()s
-    one = eq[layer, p, np.minimum(h, eq.shape[2] - 1)]
+    # -1 means "all": those cells read the .all() views; the clipped index only keeps them in range
+    p, h = np.maximum(pos, 0), np.clip(head, 0, eq.shape[2] - 1)
     return np.where(pos >= 0,
-                    np.where(head >= 0, one, eq.all(2)[layer, p]),
-                    np.where(head >= 0, eq.all(1)[layer, np.minimum(h, eq.shape[2] - 1)],
-                             eq.all((1, 2))[layer]))
+                    np.where(head >= 0, eq[layer, p, h], eq.all(2)[layer, p]),
+                    np.where(head >= 0, eq.all(1)[layer, h], eq.all((1, 2))[layer]))
 
 
 def _is_oom(exc: BaseException) -> bool:

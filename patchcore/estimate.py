@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .engine import batch_rows
+from .engine import batch_rows, before_first_diff
 from .hooks import CALIBRATED_COSTS, CostModel, HookBackend, cost_model, forward_cost, token_layer_flops
 from .models import LoadedModel
 from .sweeps import get_sweep
@@ -107,7 +107,7 @@ def forward_work(model: LoadedModel, n_tokens: int, sweep: str, batch_size: int 
     c = model.components
     T, L = n_tokens, c.n_layers
     cells = spec.cells(L, T, c.n_heads)
-    cells = cells[~((cells[:, 1] >= 0) & (cells[:, 1] < first_diff))]
+    cells = cells[~before_first_diff(cells, first_diff)]
     backend = HookBackend(model)
     cm = backend.cost
     sup = backend.support(check=False)

@@ -49,6 +49,11 @@ class PreparedPair:
     def n_tokens(self) -> int:
         return len(self.clean_ids)
 
+    @property
+    def first_diff(self) -> int:
+        """The first position where the prompts differ (0 when they do not)."""
+        return min(self.diff_positions, default=0)
+
 
 def encode(tokenizer, text: str) -> list[int]:
     """Tokenize as the model's tokenizer does by default (its own BOS, if any)."""
