@@ -1,6 +1,7 @@
 """Shared fixtures: the embedded model (loaded once), tiny random models per family."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -49,15 +50,26 @@ def tiny():
     return get
 
 
-@pytest.fixture
-def single_thread():
-    """Run tiny models on one intra-op thread.
-
-    Tiny models gain nothing from intra-op threads, and on a busy 2-core machine
+@contextlib.contextmanager
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine
     torch's thread pool makes a 3-layer forward ~50x slower (spin-waiting).
-    Restored afterwards so the embedded-model tests keep their default.
-    """
+    Restored afterwards so the embedded-model tests keep their default."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread for one test."""
+    with _one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def single_thread_module():
+    """One intra-op thread for a whole module, its module-scoped fixtures included."""
+    with _one_thread():
+        yield

@@ -12,10 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -25,7 +22,7 @@ from app_helpers import (chart_data, charts, errors, isolated_history, no_except
 from patchcore import ModelSpec, PromptPair, load_model, run_sweep
 from patchcore.history import History
 from patchcore.nnsight_backend import NDIF_KEY_URL, ndif_host
-from test_remote import FakeNDIF
+from test_remote import FakeNDIF, _closed_port
 from tiny import build_hf, embedded_tokenizer
 
 # 8 tokens of the tiny models' (the embedded model's) tokenizer, one differing position
@@ -93,38 +90,6 @@ def fake_ndif(monkeypatch):
     yield start
     for s in servers:
         s.close()
-
-
-class StatusOnly:
-    """NDIF's /status on 127.0.0.1, serving the models it is given."""
-
-    def __init__(self, served: list[str]):
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                body = json.dumps({"deployments": {f"d{i}": {"repo_id": r, "application_state": "RUNNING"}
-                                                   for i, r in enumerate(served)}}).encode()
-                self.send_response(200 if self.path == "/status" else 404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _closed_port_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 # ---------------------------------------------------------------- helpers
@@ -272,13 +237,13 @@ def test_network_down_model_not_served_and_hub_unreachable(real_ndif, monkeypatc
     at.radio(key="w_run_where").set_value("ndif").run()
     at.text_input(key="w_ndif_key").input(FAKE_KEY).run()
 
-    monkeypatch.setenv("NDIF_HOST", _closed_port_url())
+    monkeypatch.setenv("NDIF_HOST", f"http://127.0.0.1:{_closed_port()}")
     at.button(key="ndif_connect").click().run()
     no_exception(at)
     (msg,) = errors(at)
     assert "Could not reach NDIF" in msg
 
-    status = StatusOnly(["meta-llama/Llama-3.1-70B", "patchcore-tests/no-such-model-xyz"])
+    status = FakeNDIF("status", served=["meta-llama/Llama-3.1-70B", "patchcore-tests/no-such-model-xyz"])
     try:
         monkeypatch.setenv("NDIF_HOST", status.url)
         at.button(key="ndif_connect").click().run()  # the 8B is not in the list
@@ -340,7 +305,7 @@ def test_the_key_never_leaves_the_session(real_ndif, hub_cache, fake_ndif, tiny_
     at = open_app("Model", **PAIR_PARAMS)
 
     # 1. NDIF unreachable: the message, the page, the URL hold no key
-    closed = _closed_port_url()
+    closed = f"http://127.0.0.1:{_closed_port()}"
     monkeypatch.setenv("NDIF_HOST", closed)
     assert ndif_host() == closed
     connect(at, "meta-llama/Llama-3.1-8B", FAKE_KEY)

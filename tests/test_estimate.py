@@ -15,14 +15,7 @@ from patchcore.hooks import HookBackend, forward_cost
 from tiny import tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: much faster on a busy 2-core machine (nothing here is timed)."""
-    import torch
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 
 def test_estimate_positive_and_scales_with_patches(tiny):

@@ -52,13 +52,7 @@ FAST = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Correctness only: one torch thread is much faster on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 
 @functools.lru_cache(maxsize=None)

@@ -209,8 +209,10 @@ def test_network_down(remote_model):
 class FakeNDIF:
     """NDIF's HTTP surface on 127.0.0.1, answering as told by `mode`."""
 
-    def __init__(self, mode: str, result: bytes = b""):
+    def __init__(self, mode: str, result: bytes = b"", served: list[str] | None = None):
+        """served: the models /status lists (default: the tiny one, or another in "not_served")."""
         self.mode, self.keys, self.polls, self.result = mode, [], 0, result
+        self.served = served or ["org/other-model" if mode == "not_served" else "org/tiny-gpt2"]
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -227,9 +229,9 @@ class FakeNDIF:
 
             def do_GET(self):
                 if self.path == "/status":
-                    served = "org/other-model" if fake.mode == "not_served" else "org/tiny-gpt2"
-                    return self._json(200, {"deployments": {"d1": {
-                        "repo_id": served, "application_state": "RUNNING", "deployment_level": "HOT"}}})
+                    return self._json(200, {"deployments": {f"d{i}": {
+                        "repo_id": r, "application_state": "RUNNING", "deployment_level": "HOT"}
+                        for i, r in enumerate(fake.served)}})
                 if self.path.startswith("/response/"):
                     fake.polls += 1
                     if fake.mode == "fail" and fake.polls > 1:
