@@ -288,8 +288,8 @@ class NNsightBackend:
     def _backend(self):
         """The nnsight backend object for one request (None = run in place)."""
         if self.remote == "local":
-            from nnsight.intervention.backends.local import LocalSimulationBackend
-            return LocalSimulationBackend(self.nn)
+            from .ndif_simulation import SimulatedNDIF
+            return SimulatedNDIF(self.nn)
         if self.remote is True:
             from nnsight.intervention.backends.remote import RemoteBackend
             if self._model_key is None:
