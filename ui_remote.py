@@ -31,15 +31,15 @@ import streamlit as st
 from streamlit import config as st_config
 
 import ui_common as ui
-from patchcore import PatchError, plan, prepare_pair, run_baseline
+from patchcore import PatchError, plan, prepare_pair, run_baseline, run_sweep
 from patchcore.access import check_model_access
 from patchcore.errors import ModelLoadError
 from patchcore.history import save_run
 from patchcore.models import looks_like_path
-from patchcore.nnsight_backend import (NDIF_KEY_URL, NDIF_STATUS_URL, NNsightBackend, RemoteError,
-                                       _scrub, friendly_remote_error, make_remote_backend,
-                                       model_not_served_error, ndif_host, no_key_error,
-                                       resolve_api_key, run_nnsight_sweep, served_models)
+from patchcore.backends.ndif import (NDIF_KEY_URL, NDIF_STATUS_URL, RemoteError, friendly_remote_error,
+                                     model_not_served_error, ndif_host, no_key_error, resolve_api_key,
+                                     scrub, served_models)
+from patchcore.backends.nnsight import NNsightBackend, make_remote_backend
 
 MODE_ENV = "PATCHCORE_NDIF_MODE"
 SUGGESTED = "meta-llama/Llama-3.1-8B"
@@ -133,7 +133,7 @@ def _meta_parts(hub_id: str, revision: str):
     from transformers import AutoConfig
 
     from patchcore.models import _friendly_load_error, _from_pretrained_cached_first
-    from patchcore.nnsight_backend import _load_tokenizer
+    from patchcore.backends.nnsight import _load_tokenizer
 
     kwargs = {"revision": revision} if revision else {}
     try:
@@ -265,8 +265,8 @@ def _safe_error(exc: BaseException, typed_key: str | None) -> PatchError:
     scrubbed already), anything else as one line (not show_error's bug report with its text)."""
     key = resolve_api_key(typed_key)
     if isinstance(exc, PatchError):
-        return PatchError(_scrub(exc.message, key), exc.field) if key and key in exc.message else exc
-    first = (_scrub(str(exc), key).strip().splitlines() or [type(exc).__name__])[0][:300]
+        return PatchError(scrub(exc.message, key), exc.field) if key and key in exc.message else exc
+    first = (scrub(str(exc), key).strip().splitlines() or [type(exc).__name__])[0][:300]
     return PatchError(f"Connecting failed unexpectedly ({type(exc).__name__}: {first}). "
                       "Check the hub id and try again.")
 
@@ -312,9 +312,9 @@ def start_sweep(slot: str, remote: Remote, pair, sweep: str, direction: str, met
 
     def work(progress, cancel, on_wait):
         backend = remote.backend(on_status=on_status, cancel=cancel)
-        result = remote.guard(lambda: run_nnsight_sweep(
-            model, backend, prepared, sweep, direction, metric, progress=progress, cancel=cancel,
-            on_wait=on_wait))
+        result = remote.guard(lambda: run_sweep(
+            model, prepared, sweep, direction, metric, progress=progress, cancel=cancel,
+            on_wait=on_wait, backend=backend))
         result.device = remote.result_device()
         notes.append(f"{'Simulated NDIF' if remote.simulated else 'NDIF'}, {backend.requests} requests: " +
                      "; ".join(f"{where} {' → '.join(states)}" for where, states in seen.states.items()) + ".")

@@ -4,7 +4,7 @@ from .errors import Cancelled, ModelLoadError, PairError, PatchError, SweepError
 from .metrics import METRICS
 from .models import EMBEDDED, LoadedModel, ModelSpec, load_model, wrap_model
 from .prompts import DEFAULT_PAIR, PromptPair, check_pair, prepare_pair
-from .result import PatchResult
+from .results import PatchResult
 from .sweeps import DIRECTIONS, SWEEPS
 
 __all__ = [

@@ -18,7 +18,6 @@ stream, the first layer's MLP, and saturated attention (Kramár et al. 2024, "At
 """
 from __future__ import annotations
 
-import datetime as _dt
 import inspect
 import time
 from contextlib import ExitStack, contextmanager
@@ -27,13 +26,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .engine import make_backend, result_warnings, run_baseline
-from .hooks import _first
+from .backends.hooks import _first
+from .engine import run_cells
 from .metrics import check_metric, compute_metric, top_tokens
 from .models import LoadedModel
 from .prompts import PreparedPair, PromptPair, prepare_pair
-from .result import PatchResult, normalize
-from .sweeps import check_direction, get_sweep
+from .results import PatchResult, new_result, normalize
+from .sites import Component, get_direction
+from .sweeps import get_sweep
 
 SATURATION = 0.99   # an attention head whose largest probability exceeds this is saturated
 
@@ -56,7 +56,7 @@ def _eager_attention(hf):
             hf.set_attn_implementation(impl)
 
 
-def _atp_forward(model: LoadedModel, ids: torch.Tensor, component: str, base_row: int,
+def _atp_forward(model: LoadedModel, ids: torch.Tensor, component: Component, base_row: int,
                  metric: str, answer_id: int, wrong_id: int):
     """One forward of both prompts with gradients, one backward of the base row's metric.
 
@@ -71,12 +71,12 @@ def _atp_forward(model: LoadedModel, ids: torch.Tensor, component: str, base_row
             return output.detach().requires_grad_(True) if not output.requires_grad else output
         stack.enter_context(hf.get_input_embeddings().register_forward_hook(leaf))
         for layer in range(c.n_layers):
-            if component == "head":
+            mod = component.module(c, layer)
+            if component.hook == "input":
                 def pre(m, args, layer=layer):
                     acts[layer] = args[0]
-                stack.enter_context(c.attn_out[layer].register_forward_pre_hook(pre))
+                stack.enter_context(mod.register_forward_pre_hook(pre))
             else:
-                mod = {"resid": c.blocks, "attn": c.attn, "mlp": c.mlp}[component][layer]
                 def post(m, args, output, layer=layer):
                     acts[layer] = _first(output)
                 stack.enter_context(mod.register_forward_hook(post))
@@ -98,19 +98,14 @@ def _atp_forward(model: LoadedModel, ids: torch.Tensor, component: str, base_row
     return logits.detach(), [a.detach() for a in acts], [g.detach() for g in grads], amax
 
 
-def attribution_scores(acts: list, grads: list, base_row: int, spec, n_heads: int) -> np.ndarray:
+def attribution_scores(acts: list, grads: list, base_row: int, spec, components) -> np.ndarray:
     """Per-cell first-order effects, shaped like the sweep (float64)."""
     src_row = 1 - base_row
     per_layer = []
     for a, g in zip(acts, grads):
         delta = (a[src_row] - a[base_row]).double()
-        g = g.double()
-        if spec.component == "head":
-            t, d = delta.shape
-            contrib = (g * delta).view(t, n_heads, d // n_heads).sum(-1)     # (T, H)
-        else:
-            contrib = (g * delta).sum(-1)                                    # (T,)
-        per_layer.append(contrib)
+        contrib = spec.component.heads_view(g.double() * delta, components).sum(-1)   # (T, H)
+        per_layer.append(contrib if spec.per_head else contrib.sum(-1))            # (T[, H])
     x = torch.stack(per_layer)                                               # (L, T[, H])
     if not spec.per_position:
         x = x.sum(1)
@@ -118,14 +113,7 @@ def attribution_scores(acts: list, grads: list, base_row: int, spec, n_heads: in
 
 
 def atp_warnings(spec, amax: torch.Tensor | None, n_tokens: int) -> list[str]:
-    w = []
-    if spec.component == "resid":
-        w.append("Attribution patching is a weak approximation for the residual stream: a "
-                 "residual patch replaces the whole state, and its effect on later layers is far "
-                 "from linear. Use it as a rough map and check the top cells exactly.")
-    if spec.component == "mlp":
-        w.append("The first layer's MLP (layer 0) often acts as part of the token embedding; "
-                 "attribution patching is known to be unreliable there. Check it exactly.")
+    w = [spec.component.atp_note] if spec.component.atp_note else []
     if amax is None:
         w.append("Attention saturation could not be checked for this model (no attention "
                  "probabilities available).")
@@ -145,12 +133,11 @@ def run_atp(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = "l
             on_wait=None) -> PatchResult:
     """Estimate every cell of a sweep with attribution patching (method='atp')."""
     spec = get_sweep(sweep)
-    check_direction(direction)
+    base_row = get_direction(direction).target_row      # the run patched into
     check_metric(metric)
     c = model.components
     prepared = pair if isinstance(pair, PreparedPair) else prepare_pair(model.tokenizer, pair)
     t0 = time.perf_counter()
-    base_row = 1 if direction == "denoise" else 0      # the run patched into
     with model.locked(cancel, on_wait), torch.inference_mode(False), torch.enable_grad():
         # made here, not under a caller's inference_mode: autograd cannot save inference tensors
         ids = torch.tensor([prepared.clean_ids, prepared.corrupted_ids])
@@ -158,20 +145,12 @@ def run_atp(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = "l
                                                  prepared.answer_id, prepared.wrong_id)
     metrics = compute_metric(metric, logits, prepared.answer_id, prepared.wrong_id).tolist()
     clean, corrupted = metrics[0], metrics[1]
-    effects = attribution_scores(acts, grads, base_row, spec, c.n_heads)
+    effects = attribution_scores(acts, grads, base_row, spec, c)
     values = metrics[base_row] + effects
-    result = PatchResult(
-        model=model.label, sweep=spec.name, direction=direction, metric=metric, axes=spec.axes,
-        values=values, tokens=prepared.clean_tokens, clean_metric=clean, corrupted_metric=corrupted,
-        pair=prepared.pair, n_layers=c.n_layers, n_heads=c.n_heads,
-        seconds=time.perf_counter() - t0, forward_rows=2, batch_size=2, device=str(model.device),
-        dtype=str(model.dtype).replace("torch.", ""), method="atp", backend="local",
-        clean_top=top_tokens(model.tokenizer, logits[0]),
-        corrupted_top=top_tokens(model.tokenizer, logits[1]),
-        diff_positions=prepared.diff_positions,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    )
-    result.warnings.extend(result_warnings(result))
+    result = new_result(model, spec, direction, metric, values, clean, corrupted, prepared=prepared,
+                        seconds=time.perf_counter() - t0, forward_rows=2, batch_size=2, method="atp",
+                        clean_top=top_tokens(model.tokenizer, logits[0]),
+                        corrupted_top=top_tokens(model.tokenizer, logits[1]))
     result.warnings.extend(atp_warnings(spec, amax, prepared.n_tokens))
     return result
 
@@ -180,7 +159,7 @@ def run_atp(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = "l
 
 def base_metric(r: PatchResult) -> float:
     """The unpatched value of the run being patched into (corrupted when denoising)."""
-    return r.corrupted_metric if r.direction == "denoise" else r.clean_metric
+    return get_direction(r.direction).target_metric(r.clean_metric, r.corrupted_metric)
 
 
 def effects(r: PatchResult) -> np.ndarray:
@@ -250,16 +229,9 @@ def check_top_k(model: LoadedModel, pair: PromptPair | PreparedPair, estimate: P
     c = model.components
     prepared = pair if isinstance(pair, PreparedPair) else prepare_pair(model.tokenizer, pair)
     flat = top_k_cells(effects(estimate), k)
-    all_cells = spec.cells(c.n_layers, prepared.n_tokens, c.n_heads)
-    cells = all_cells[flat]
-    backend = make_backend(model, backend)
-    base = run_baseline(model, prepared, estimate.metric, spec.component, cancel, on_wait, backend)
-    src_row, base_ids = ((0, prepared.corrupted_ids) if estimate.direction == "denoise"
-                         else (1, prepared.clean_ids))
-    source = [act[src_row] for act in base.cache]
-    with model.locked(cancel, on_wait), torch.inference_mode():
-        logits = backend.patched(torch.tensor(base_ids), source, cells, spec.component, True)
-    exact = compute_metric(estimate.metric, logits, prepared.answer_id, prepared.wrong_id).double().cpu().numpy()
+    cells = spec.cells(c.n_layers, prepared.n_tokens, c.n_heads)[flat]
+    exact, base, _ = run_cells(model, prepared, spec, estimate.direction, estimate.metric, cells,
+                               backend=backend, cancel=cancel, on_wait=on_wait)
     est = np.asarray(estimate.values, dtype=float).ravel()[flat]
     idx = np.array(np.unravel_index(flat, estimate.values.shape)).T.reshape(len(flat), -1)
     df = pd.DataFrame(idx, columns=list(spec.axes))

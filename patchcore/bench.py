@@ -6,7 +6,7 @@
 (b) plain PyTorch forward hooks on one batched input: one row per patch, a hook per
     layer writes every row's patch, full logits. Written here, independently of
     patchcore's backend.
-(c) patchcore.run_sweep with its defaults (exact; see patchcore/hooks.py).
+(c) patchcore.run_sweep with its defaults (exact; see patchcore/backends/hooks.py).
 
 The three must agree (fp32: max |metric difference| reported, checked against
 1e-3). Also reported: patchcore's own time estimate made before the run, and
@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .sites import get_direction
 
 AGREE_TOL = 1e-3
 
@@ -152,18 +154,17 @@ def seed_loop(model, prepared, sweep: str, direction: str, cells: np.ndarray, so
     spec = get_sweep(sweep)
     c = model.components
     nn = TransformersModel(model.hf, tokenizer=copy.deepcopy(model.tokenizer))
-    base = prepared.corrupted_ids if direction == "denoise" else prepared.clean_ids
+    base = get_direction(direction).pick(prepared.clean_ids, prepared.corrupted_ids)[1]
     ids = torch.tensor([base], device=model.device)
     vals = []
     _sync(model.device)
     t0, cpu0 = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for layer, pos, head in cells.tolist():
-            if spec.component == "resid":
-                env = nn.get(c.module_path("resid", layer))
+            env = nn.get(c.module_path(spec.component, layer))
+            if sweep == "layer_pos":
                 logits = _seed_trace_resid(nn, ids, env, pos, source[layer][pos])
-            elif spec.component == "head" and pos < 0:
-                env = nn.get(c.module_path("head", layer))
+            elif sweep == "head":
                 d = source[layer].shape[-1] // c.n_heads
                 logits = _seed_trace_head(nn, ids, env, head * d, (head + 1) * d,
                                           source[layer][:, head * d:(head + 1) * d])
@@ -185,14 +186,16 @@ def plain_hooks(model, prepared, sweep: str, direction: str, max_logit_bytes: fl
     from .sweeps import get_sweep
 
     spec = get_sweep(sweep)
+    if sweep not in ("layer_pos", "head"):
+        raise ValueError(f"the plain hooks are written for layer_pos and head, not {sweep}")
     c = model.components
     hf = model.hf
     T = prepared.n_tokens
     cells = spec.cells(c.n_layers, T, c.n_heads)
-    mods = [c.blocks[i] if spec.component == "resid" else c.attn_out[i] for i in range(c.n_layers)]
+    mods = [spec.component.module(c, i) for i in range(c.n_layers)]
+    output = spec.component.hook == "output"     # layer_pos: block outputs; head: o_proj inputs
     dev = model.device
-    src_ids, base_ids = ((prepared.clean_ids, prepared.corrupted_ids) if direction == "denoise"
-                         else (prepared.corrupted_ids, prepared.clean_ids))
+    src_ids, base_ids = get_direction(direction).pick(prepared.clean_ids, prepared.corrupted_ids)
     rows_per = max(1, min(len(cells), int(max_logit_bytes // (T * c.vocab_size * 4))))
     _sync(dev)
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -201,7 +204,7 @@ def plain_hooks(model, prepared, sweep: str, direction: str, max_logit_bytes: fl
         source = [None] * c.n_layers
         handles = []
         for i, m in enumerate(mods):
-            if spec.component == "resid":
+            if output:
                 handles.append(m.register_forward_hook(
                     lambda mod, a, out, i=i: source.__setitem__(i, (out if torch.is_tensor(out) else out[0])[0].clone())))
             else:
@@ -221,7 +224,7 @@ def plain_hooks(model, prepared, sweep: str, direction: str, max_logit_bytes: fl
                     continue
                 r = torch.as_tensor(rows, device=dev)
                 src = source[layer]
-                if spec.component == "resid":
+                if output:
                     p = torch.as_tensor(chunk[rows, 1], device=dev)
 
                     def hook(mod, a, output, r=r, p=p, src=src):
@@ -305,7 +308,7 @@ def bench_seed(model, row: dict, kept: dict, seed_patches: int, log=print) -> No
     spec = get_sweep(row["sweep"])
     c = model.components
     base = run_baseline(model, prepared, "logit_diff", spec.component)
-    source = [a[0 if direction == "denoise" else 1] for a in base.cache]
+    source = [a[get_direction(direction).source_row] for a in base.cache]
     cells = spec.cells(c.n_layers, prepared.n_tokens, c.n_heads)
     k = min(seed_patches, len(cells)) if seed_patches > 0 else len(cells)
     pick = np.unique(np.linspace(0, len(cells) - 1, k).round().astype(int))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .components import config_value as _cfg
 from .errors import ModelLoadError
 
 BYTES_PER_PARAM = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
@@ -43,14 +44,6 @@ def _dtype_name(dtype) -> str:
     if name not in BYTES_PER_PARAM:
         raise ModelLoadError(f"Unknown dtype '{dtype}'. Choose fp32, bf16 or fp16.")
     return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(name, name)
-
-
-def _cfg(config, *names, default=None):
-    for n in names:
-        v = getattr(config, n, None)
-        if v is not None:
-            return v
-    return default
 
 
 def load_config(model: str, revision: str | None = None, trust_remote_code: bool = False):
@@ -237,11 +230,3 @@ def check_fits(config_or_model_id, dtype="fp32", device: str = "auto", *, device
             f"({est.n_params / 1e9:.2f} B parameters = {_gb(est.weights)}, plus "
             f"{_gb(est.working)} working memory), but only {_gb(have)} is free {where}. "
             f"Options: " + "; ".join(options) + ".")
-
-
-def refuse_if_too_big(config_or_model_id, dtype="fp32", device: str = "auto", **kwargs) -> None:
-    """Raise ModelLoadError with check_fits' message when the model will not fit."""
-    message = check_fits(config_or_model_id, dtype, device, **kwargs)
-    if message:
-        raise ModelLoadError(message, field="model")
-

@@ -7,7 +7,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from .result import PatchResult
+from .results import PatchResult
 
 CELL_TEXT_LIMIT = 500  # draw numbers in cells only when there are few enough to read
 SELECT_NAME = "cell"

@@ -147,7 +147,8 @@ def cmd_remote_sweep(args) -> int:
     """One sweep on NDIF: weights stay on the server, two requests per sweep."""
     from .cli_runs import is_dataset, store_cli_run, summary_lines
     from .errors import SweepError
-    from .nnsight_backend import make_remote_backend, run_nnsight_sweep
+    from .backends.nnsight import make_remote_backend
+    from .engine import run_sweep
     from .prompts import PromptPair
 
     if is_dataset(args):
@@ -158,8 +159,8 @@ def cmd_remote_sweep(args) -> int:
                                                                  file=sys.stderr))
     model, backend = make_remote_backend(args.model, revision=args.revision, on_status=status)
     pair = PromptPair(args.clean, args.corrupted, args.answer, args.wrong)
-    result = run_nnsight_sweep(model, backend, pair, args.sweep, args.direction, args.metric,
-                               progress=_progress(args.quiet))
+    result = run_sweep(model, pair, args.sweep, args.direction, args.metric,
+                       progress=_progress(args.quiet), backend=backend)
     store_cli_run(args, result, load_seconds=model.load_seconds)
     return write_outputs(args, result, summary_lines)
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .dataset_run import BothResult
+from .results import BothResult
 from .errors import PatchError
-from .result import PatchResult
+from .results import PatchResult
 
 
 class CompareError(PatchError):
@@ -34,7 +34,7 @@ class Comparison:
 def pick(result, direction: str | None = None) -> PatchResult:
     """The single result to compare: a BothResult gives its denoise or noise half."""
     if isinstance(result, BothResult):
-        return result.noise if direction == "noise" else result.denoise
+        return result.of(direction or "denoise")
     return result
 
 

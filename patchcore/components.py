@@ -71,14 +71,16 @@ class ComponentMap:
     d_mlp: int
     vocab_size: int
 
-    def module_path(self, component: str, layer: int) -> str:
-        rel = {"resid": None, "attn": self.paths.attn, "mlp": self.paths.mlp,
-               "head": self.paths.attn_out}[component]
+    def module_path(self, component, layer: int) -> str:
+        """The dotted path of a component's module (a sites.Component; None: the block)."""
+        rel = {"blocks": None, "attn": self.paths.attn, "mlp": self.paths.mlp,
+               "attn_out": self.paths.attn_out}[component.modules if component else "blocks"]
         base = f"{self.paths.blocks}.{layer}"
         return base if rel is None else f"{base}.{rel}"
 
 
-def _cfg(config, *names, default=None):
+def config_value(config, *names, default=None):
+    """The first of these config attributes that is set (families name them differently)."""
     for n in names:
         v = getattr(config, n, None)
         if v is not None:
@@ -96,9 +98,9 @@ def resolve_components(hf_model: torch.nn.Module) -> ComponentMap:
             f"{supported_architectures()}. Pick a model of one of these families."
         )
     blocks = list(get_module(hf_model, paths.blocks))
-    n_heads = _cfg(config, "num_attention_heads", "n_head")
-    d_model = _cfg(config, "hidden_size", "n_embd")
-    d_head = _cfg(config, "head_dim", default=None) or d_model // n_heads
+    n_heads = config_value(config, "num_attention_heads", "n_head")
+    d_model = config_value(config, "hidden_size", "n_embd")
+    d_head = config_value(config, "head_dim", default=None) or d_model // n_heads
     attn_out = [get_module(b, paths.attn_out) for b in blocks]
     return ComponentMap(
         model_type=model_type,
@@ -112,9 +114,9 @@ def resolve_components(hf_model: torch.nn.Module) -> ComponentMap:
         unembed=hf_model.get_output_embeddings(),
         n_layers=len(blocks),
         n_heads=n_heads,
-        n_kv_heads=_cfg(config, "num_key_value_heads", default=n_heads),
+        n_kv_heads=config_value(config, "num_key_value_heads", default=n_heads),
         d_head=d_head,
         d_model=d_model,
-        d_mlp=_cfg(config, "intermediate_size", "n_inner", default=4 * d_model) or 4 * d_model,
+        d_mlp=config_value(config, "intermediate_size", "n_inner", default=4 * d_model) or 4 * d_model,
         vocab_size=config.vocab_size,
     )

@@ -10,7 +10,8 @@ import pandas as pd
 
 from .charts import CELL_TEXT_LIMIT, SELECT_NAME, chart_axes, chart_frame
 from .compare import Comparison
-from .dataset_run import BothResult, DatasetResult
+from .results import BothResult, DatasetResult
+from .sites import get_direction
 from .dataset_summary import QUADRANT_ORDER, quadrants
 from .summary import STRONG
 
@@ -51,7 +52,7 @@ def mean_heatmap(r: DatasetResult, value: str = "normalized", head: int | None =
     df = df.assign(low=df[lo_col], high=df[hi_col], shown=df[value].round(2))
     # "uncertain": the interval of the effect includes zero, i.e. the normalised interval
     # includes 0 (denoising: nothing restored) or 1 (noising: nothing destroyed)
-    zero = 0.0 if r.direction == "denoise" else 1.0
+    zero = get_direction(r.direction).effect(0.0)   # effect() is its own inverse: the no-effect score
     nlo, nhi = df["normalized_low"], df["normalized_high"]
     df["certain"] = np.where(~(np.isfinite(nlo) & np.isfinite(nhi)), "no interval",
                              np.where((nlo <= zero) & (nhi >= zero),

@@ -7,145 +7,23 @@ by index (uploaded pairs of equal token length; see ``datasets.for_sweep``).
 """
 from __future__ import annotations
 
-import datetime as _dt
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .datasets import DatasetPair, PairDataset, for_sweep, pairs_from_list, role_order
-from .engine import make_backend, result_warnings, run_sweep
+from .engine import make_backend, run_sweep
 from .errors import Cancelled, PairError, SweepError
 from .metrics import check_metric
 from .models import LoadedModel
 from .prompts import PromptPair, prepare_pair
-from .result import PatchResult, _nan_nested, _to_nested
-from .stats import DEFAULT_LEVEL, DEFAULT_N_BOOT, mean_ci, normalized_ci, per_pair_normalized
+from .results import BothResult, DatasetResult, new_result, result_from_json  # noqa: F401
+from .stats import DEFAULT_LEVEL, DEFAULT_N_BOOT, mean_ci, normalized_ci
 from .sweeps import check_direction, get_sweep
 
 MAX_DATASET_PATCHES = 3_000_000  # patches over all pairs (and directions) in one run
 VARIES = "(varies)"
-
-
-@dataclass
-class DatasetResult(PatchResult):
-    """A PatchResult whose `values` are means over pairs, with intervals and every pair's values.
-
-    `tokens` holds one label per position column: a role (IOI pairs), or the
-    token text where every pair has the same token there, else '(varies)'.
-    """
-    n_pairs: int = 0
-    per_pair: np.ndarray | None = None        # (n_pairs, *values.shape) raw metric per pair
-    pair_clean: np.ndarray | None = None      # (n_pairs,)
-    pair_corrupted: np.ndarray | None = None  # (n_pairs,)
-    ci_low: np.ndarray | None = None          # bootstrap interval of `values` (raw)
-    ci_high: np.ndarray | None = None
-    normalized_low: np.ndarray | None = None  # bootstrap interval of `normalized`
-    normalized_high: np.ndarray | None = None
-    level: float = DEFAULT_LEVEL
-    n_boot: int = DEFAULT_N_BOOT
-    boot_seed: int = 0
-    aligned_by: str = "position"              # role | position | none
-    pairs: list = field(default_factory=list)  # one dict per pair (clean, corrupted, answer, wrong, ...)
-    dataset: dict = field(default_factory=dict)
-    notes: list = field(default_factory=list)
-    rejected: list = field(default_factory=list)  # [{"line": int, "reason": str}]
-
-    @property
-    def pair_normalized(self) -> np.ndarray:
-        """Each pair's own normalised score (its own clean and corrupted), (n_pairs, *shape)."""
-        return per_pair_normalized(self.per_pair, self.pair_clean, self.pair_corrupted)
-
-    @property
-    def effect(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(effect, low, high) on a 0..1 'moved the behaviour' scale.
-
-        Denoising: the normalised score (1 = clean answer restored).
-        Noising: 1 - score (1 = clean answer destroyed). 0 = no effect either way.
-        """
-        s, lo, hi = self.normalized, self.normalized_low, self.normalized_high
-        if self.direction == "denoise":
-            return s, lo, hi
-        return 1.0 - s, 1.0 - hi, 1.0 - lo
-
-    def cell_values(self, idx: tuple, value: str = "normalized") -> np.ndarray:
-        """Every pair's value at one cell (for a strip plot): per-pair normalised or raw."""
-        arr = self.pair_normalized if value == "normalized" else self.per_pair
-        return arr[(slice(None),) + tuple(int(i) for i in idx)]
-
-    def to_frame(self):
-        df = super().to_frame()
-        df["ci_low"] = np.asarray(self.ci_low, dtype=float).reshape(-1)
-        df["ci_high"] = np.asarray(self.ci_high, dtype=float).reshape(-1)
-        df["normalized_low"] = np.asarray(self.normalized_low, dtype=float).reshape(-1)
-        df["normalized_high"] = np.asarray(self.normalized_high, dtype=float).reshape(-1)
-        df["n_pairs"] = self.n_pairs
-        return df
-
-    def to_json(self) -> dict:
-        d = super().to_json()
-        d.update({
-            "kind": "dataset",
-            "n_pairs": self.n_pairs,
-            "ci_low": _to_nested(self.ci_low),
-            "ci_high": _to_nested(self.ci_high),
-            "normalized_low": _to_nested(self.normalized_low),
-            "normalized_high": _to_nested(self.normalized_high),
-            "ci_level": self.level,
-            "n_boot": self.n_boot,
-            "boot_seed": self.boot_seed,
-            "aligned_by": self.aligned_by,
-            "per_pair": _to_nested(self.per_pair),
-            "pair_clean": _to_nested(self.pair_clean),
-            "pair_corrupted": _to_nested(self.pair_corrupted),
-            "pairs": list(self.pairs),
-            "dataset": dict(self.dataset),
-            "notes": list(self.notes),
-            "rejected": list(self.rejected),
-        })
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> "DatasetResult":
-        base = PatchResult.from_json(d)
-        arr = lambda k: np.array(_nan_nested(d[k]), dtype=float)  # noqa: E731
-        kw = {f: getattr(base, f) for f in PatchResult.__dataclass_fields__}
-        return cls(**kw, n_pairs=int(d["n_pairs"]), per_pair=arr("per_pair"),
-                   pair_clean=arr("pair_clean"), pair_corrupted=arr("pair_corrupted"),
-                   ci_low=arr("ci_low"), ci_high=arr("ci_high"),
-                   normalized_low=arr("normalized_low"), normalized_high=arr("normalized_high"),
-                   level=float(d.get("ci_level", DEFAULT_LEVEL)), n_boot=int(d.get("n_boot", DEFAULT_N_BOOT)),
-                   boot_seed=int(d.get("boot_seed", 0)), aligned_by=d.get("aligned_by", "position"),
-                   pairs=list(d.get("pairs", [])), dataset=dict(d.get("dataset", {})),
-                   notes=list(d.get("notes", [])), rejected=list(d.get("rejected", [])))
-
-
-@dataclass
-class BothResult:
-    """Denoising and noising over the same pairs, for the quadrant view."""
-    denoise: DatasetResult
-    noise: DatasetResult
-
-    def to_json(self) -> dict:
-        return {"kind": "both", "denoise": self.denoise.to_json(), "noise": self.noise.to_json()}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "BothResult":
-        return cls(DatasetResult.from_json(d["denoise"]), DatasetResult.from_json(d["noise"]))
-
-    @property
-    def seconds(self) -> float:
-        return self.denoise.seconds + self.noise.seconds
-
-
-def result_from_json(d: dict):
-    """PatchResult, DatasetResult or BothResult from its JSON."""
-    if d.get("kind") == "both":
-        return BothResult.from_json(d)
-    if "n_pairs" in d and "per_pair" in d:
-        return DatasetResult.from_json(d)
-    return PatchResult.from_json(d)
 
 
 # --------------------------------------------------------------------------- running
@@ -328,21 +206,17 @@ def _run(model, pairs, sweep, directions, metric, *, progress, cancel, on_wait, 
         mean, lo, hi = mean_ci(stack, n_boot=n_boot, level=level, seed=seed)
         _, nlo, nhi = normalized_ci(stack, clean_a, corr_a, n_boot=n_boot, level=level, seed=seed)
         r0 = last[d]
-        res = DatasetResult(
-            model=model.label, sweep=spec.name, direction=d, metric=metric, axes=spec.axes,
-            values=mean, tokens=list(labels), clean_metric=float(clean_a.mean()),
-            corrupted_metric=float(corr_a.mean()), pair=ds.items[0].pair, n_layers=c.n_layers,
-            n_heads=c.n_heads, seconds=seconds[d], forward_rows=rows[d], batch_size=bs_used,
-            device=r0.device, dtype=r0.dtype, backend=r0.backend,
-            diff_positions=diff_cols,
-            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        res = new_result(
+            model, spec, d, metric, mean, float(clean_a.mean()), float(corr_a.mean()),
+            cls=DatasetResult, tokens=list(labels), pair=ds.items[0].pair,
+            seconds=seconds[d], forward_rows=rows[d], batch_size=bs_used,
+            device=r0.device, dtype=r0.dtype, backend=r0.backend, diff_positions=diff_cols,
             n_pairs=len(prepared), per_pair=stack, pair_clean=clean_a, pair_corrupted=corr_a,
             ci_low=lo, ci_high=hi, normalized_low=nlo, normalized_high=nhi, level=level,
             n_boot=n_boot, boot_seed=seed, aligned_by=aligned, pairs=pair_dicts,
             dataset=dict(ds.settings), notes=list(ds.notes),
             rejected=[{"line": r.line, "reason": r.reason} for r in ds.rejected],
         )
-        res.warnings.extend(result_warnings(res))
         res.warnings.extend(_dataset_warnings(res))
         out[d] = res
     for res in out.values():

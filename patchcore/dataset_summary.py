@@ -17,8 +17,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .dataset_run import BothResult, DatasetResult
+from .results import BothResult, DatasetResult
+from .sites import get_direction
 from .stats import describe_interval, mean_ci
+from .sweeps import get_sweep
 from .summary import STRONG, _runs, _span
 
 NOTABLE = 0.2  # a mean effect this large is worth a word even when uncertain
@@ -92,7 +94,7 @@ def dataset_summary(r: DatasetResult, top_k: int = 3) -> list[str]:
                + (f" (first pair: answer {p.answer!r}, wrong {p.wrong!r})." if src != "ioi" else
                   " (answer: the indirect object's name; wrong: the subject's name)."))
     out.append("Denoising: clean activations were copied into each corrupted run; 100% means the clean "
-               "answer is fully back." if r.direction == "denoise" else
+               "answer is fully back." if get_direction(r.direction).restores else
                "Noising: corrupted activations were copied into each clean run; the effect is how much "
                "of the clean answer was destroyed (100% = all of it).")
     e, lo, hi = r.effect
@@ -148,20 +150,15 @@ def dataset_summary(r: DatasetResult, top_k: int = 3) -> list[str]:
         ex = [f"{cell_label(r, np.unravel_index(i, e.shape))}: "
               f"{describe_interval(float(e.reshape(-1)[i]), float(lo.reshape(-1)[i]), float(hi.reshape(-1)[i]), level=r.level)}"
               for i in idx if neg.reshape(-1)[i]]
-        lead = ("Reliably pushes towards the wrong answer: " if r.direction == "denoise" else
+        lead = ("Reliably pushes towards the wrong answer: " if get_direction(r.direction).restores else
                 "Corrupting these reliably makes the clean answer stronger (they work against it): ")
         out.append(lead + "; ".join(ex) + ".")
-    if r.sweep == "layer":
-        out.append("Caveat: patching the whole residual stream at one layer restores everything after "
-                   "it, so values near 100% at every layer are expected and say little. Use "
-                   "layer × position to see where the information sits.")
+    caveat = get_sweep(r.sweep).caveat
+    if caveat:
+        out.append("Caveat: " + caveat[0].lower() + caveat[1:])
     out.extend(r.warnings)
     out.extend(r.notes)
     return out
-
-
-def dataset_summary_text(r: DatasetResult) -> str:
-    return "\n".join(dataset_summary(r))
 
 
 # --------------------------------------------------------------------------- quadrants

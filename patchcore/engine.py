@@ -1,7 +1,12 @@
-"""The one patching engine. Every named sweep is a preset (sweeps.SWEEPS) over run_sweep."""
+"""The one patching engine. Every named sweep is a preset (sweeps.SWEEPS) over run_sweep.
+
+The engine decides what to run (cells, which are known without running, batches,
+order, retries on out-of-memory, progress and cancel) and hands batches of
+interventions to a backend (backends.base.Backend), which runs them and returns
+three numbers per row; metrics are computed here from those.
+"""
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import os
 import time
@@ -10,13 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .backends.base import Backend, Batch, sweep_batch
+from .backends.hooks import HookBackend
 from .errors import Cancelled, SweepError
-from .hooks import HookBackend
-from .metrics import check_metric, compute_metric, top_tokens
+from .metrics import check_metric, from_readout, readout, top_tokens
 from .models import LoadedModel
 from .prompts import PreparedPair, PromptPair, prepare_pair
-from .result import PatchResult, normalize
-from .sweeps import check_direction, get_sweep
+from .results import PatchResult, new_result
+from .sites import Component, get_component, get_direction
+from .sweeps import SweepSpec, get_sweep
 
 DEFAULT_MEMORY_BUDGET_MB = int(os.environ.get("PATCHCORE_MEMORY_BUDGET_MB", "1024"))
 MAX_BATCH = int(os.environ.get("PATCHCORE_MAX_BATCH", "256"))
@@ -67,30 +74,28 @@ def plan(model: LoadedModel, n_tokens: int, sweep: str, first_diff: int = 0) -> 
             "batches": math.ceil(run / bs)}
 
 
-def make_backend(model: LoadedModel, backend=None):
-    """The object that runs forwards: local torch hooks unless a backend is given.
-
-    A backend has baseline(rows_ids, component) -> (last logits, per-layer cache)
-    and patched(base_ids, source, cells, component, skip_lower) -> last logits.
-    """
+def make_backend(model: LoadedModel, backend: Backend | None = None) -> Backend:
+    """The object that runs forwards: local torch hooks unless a backend is given."""
     return backend if backend is not None else HookBackend(model)
 
 
 def run_baseline(model: LoadedModel, pair: PromptPair | PreparedPair, metric: str = "logit_diff",
-                 component: str = "resid", cancel=None, on_wait=None, backend=None) -> Baseline:
+                 component: Component | str = "resid", cancel=None, on_wait=None,
+                 backend: Backend | None = None) -> Baseline:
     check_metric(metric)
+    component = get_component(component) if isinstance(component, str) else component
     prepared = pair if isinstance(pair, PreparedPair) else prepare_pair(model.tokenizer, pair)
     ids = torch.tensor([prepared.clean_ids, prepared.corrupted_ids])
     backend = make_backend(model, backend)
     with model.locked(cancel, on_wait), torch.inference_mode():
         logits, cache = backend.baseline(ids, component)
-    values = compute_metric(metric, logits, prepared.answer_id, prepared.wrong_id).tolist()
+    values = from_readout(metric, readout(logits, prepared.answer_id, prepared.wrong_id)).tolist()
     return Baseline(prepared, metric, values[0], values[1],
                     top_tokens(model.tokenizer, logits[0]), top_tokens(model.tokenizer, logits[1]),
                     cache)
 
 
-def unchanged_cells(cache: list, cells: np.ndarray, component: str, n_heads: int) -> np.ndarray:
+def unchanged_cells(cache: list, cells: np.ndarray, component: Component, n_heads: int) -> np.ndarray:
     """Cells whose patch writes exactly the value already there (bit for bit).
 
     Such a patched forward IS the unpatched run of the target prompt, so its metric is known
@@ -99,35 +104,98 @@ def unchanged_cells(cache: list, cells: np.ndarray, component: str, n_heads: int
     clean = torch.stack([a[0] for a in cache])      # (L, T, D)
     corrupted = torch.stack([a[1] for a in cache])
     same = clean == corrupted
-    if component == "head":
-        L, T, D = same.shape
-        eq = same.reshape(L, T, n_heads, D // n_heads).all(-1)  # (L, T, H)
-    else:
-        eq = same.all(-1, keepdim=True)                         # (L, T, 1)
-    eq = eq.cpu().numpy()
+    L, T, D = same.shape
+    h = n_heads if component.per_head else 1
+    eq = same.reshape(L, T, h, D // h).all(-1).cpu().numpy()  # (L, T, H)
     layer, pos, head = cells[:, 0], cells[:, 1], cells[:, 2]
     # -1 means "all": those cells read the .all() views; the clipped index only keeps them in range
-    p, h = np.maximum(pos, 0), np.clip(head, 0, eq.shape[2] - 1)
+    p, hh = np.maximum(pos, 0), np.clip(head, 0, eq.shape[2] - 1)
     return np.where(pos >= 0,
-                    np.where(head >= 0, eq[layer, p, h], eq.all(2)[layer, p]),
-                    np.where(head >= 0, eq.all(1)[layer, h], eq.all((1, 2))[layer]))
+                    np.where(head >= 0, eq[layer, p, hh], eq.all(2)[layer, p]),
+                    np.where(head >= 0, eq.all(1)[layer, hh], eq.all((1, 2))[layer]))
 
 
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
 
 
+def run_batch(model: LoadedModel, batch: Batch, backend: Backend, batch_size: int, *, progress=None,
+              cancel=None, on_wait=None, done_before: int = 0, total: int | None = None):
+    """Every row of `batch` through the backend, `batch_size` rows per call (or what the backend
+    asks for), in the backend's preferred order. Returns (readout (n, 3) float64 in the batch's
+    order, the batch size that fit). Halves the batch size on out-of-memory; progress(done,
+    total) and cancel() -> bool between calls."""
+    n = batch.n
+    total = n + done_before if total is None else total
+    out = np.empty((n, 3), dtype=np.float64)
+    perm = backend.order(batch)
+    order = np.arange(n) if perm is None else np.asarray(perm)
+    bs = max(1, backend.rows_per_call(batch_size, n))
+    done = 0
+    while done < n:
+        if cancel is not None and cancel():
+            raise Cancelled()
+        rows = order[done:done + bs]
+        try:
+            with model.locked(cancel, on_wait), torch.inference_mode():
+                got = backend.run(batch.subset(rows))
+        except Exception as exc:  # noqa: BLE001
+            if _is_oom(exc) and bs > 1:  # retry the same rows with smaller batches
+                bs = max(1, bs // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            if _is_oom(exc):
+                raise SweepError("Out of memory even with one patch per forward pass. "
+                                 "Use a smaller model, a shorter prompt, or a GPU.") from exc
+            raise
+        out[rows] = got.double().cpu().numpy()
+        done += len(rows)
+        if progress:
+            progress(done_before + done, total)
+    return out, bs
+
+
+def run_cells(model: LoadedModel, prepared: PreparedPair, spec: SweepSpec, direction: str,
+              metric: str, cells: np.ndarray, *, batch_size: int | None = None, progress=None,
+              cancel=None, on_wait=None, skip_lower: bool = True, skip_unchanged: bool = True,
+              backend: Backend | None = None) -> tuple[np.ndarray, Baseline, dict]:
+    """Exact values of the given cells (layer, position, head; -1 = all) of a sweep.
+
+    Returns (values per cell, the baseline, facts: forward rows, batch size, cells skipped).
+    skip_unchanged: cells whose patch would write the value already there are not run (their
+    value is the unpatched target run's metric); False runs every cell (for tests)."""
+    d = get_direction(direction)
+    backend = make_backend(model, backend)
+    bs = batch_size or batch_rows(model, prepared.n_tokens)
+    base = run_baseline(model, prepared, metric, spec.component, cancel, on_wait, backend)
+    source = [act[d.source_row] for act in base.cache]
+    base_ids = torch.tensor(d.pick(prepared.clean_ids, prepared.corrupted_ids)[1])
+    out = np.empty(len(cells), dtype=np.float64)
+    todo = np.arange(len(cells))
+    if skip_unchanged and base.cache is not None:
+        same = unchanged_cells(base.cache, cells, spec.component, model.components.n_heads)
+        out[same] = d.target_metric(base.clean_metric, base.corrupted_metric)
+        todo = todo[~same]
+    skipped = len(cells) - len(todo)
+    if progress:
+        progress(skipped, len(cells))
+    batch = sweep_batch(base_ids, spec.component, cells[todo], source, prepared.answer_id,
+                        prepared.wrong_id, skip_lower)
+    got, bs = run_batch(model, batch, backend, bs, progress=progress, cancel=cancel, on_wait=on_wait,
+                        done_before=skipped, total=len(cells))
+    out[todo] = from_readout(metric, got)
+    return out, base, {"forward_rows": len(todo) + 2, "batch_size": bs, "skipped": skipped}
+
+
 def run_sweep(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = "layer_pos",
               direction: str = "denoise", metric: str = "logit_diff", *,
               batch_size: int | None = None, progress=None, cancel=None, on_wait=None,
               skip_lower: bool = True, skip_unchanged: bool = True, max_patches: int | None = None,
-              backend=None) -> PatchResult:
-    """Run one sweep. progress(done, total) and cancel() -> bool are called between batches.
-
-    skip_unchanged: cells whose patch would write the value already there are not run (their
-    value is the unpatched target run's metric); False runs every cell (for tests)."""
+              backend: Backend | None = None) -> PatchResult:
+    """Run one sweep. progress(done, total) and cancel() -> bool are called between batches."""
     spec = get_sweep(sweep)
-    check_direction(direction)
+    get_direction(direction)
     check_metric(metric)
     c = model.components
     prepared = pair if isinstance(pair, PreparedPair) else prepare_pair(model.tokenizer, pair)
@@ -138,76 +206,14 @@ def run_sweep(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = 
         raise SweepError(f"This sweep needs {len(cells):,} patches, over the limit of {limit:,}. "
                          f"Choose a coarser sweep (e.g. 'head' instead of 'head_pos') or a shorter prompt.",
                          field="sweep")
-    bs = batch_size or batch_rows(model, n_tok)
-    t0 = time.perf_counter()
     backend = make_backend(model, backend)
-    base = run_baseline(model, prepared, metric, spec.component, cancel, on_wait, backend)
-    src_row, base_ids = (0, prepared.corrupted_ids) if direction == "denoise" else (1, prepared.clean_ids)
-    source = [act[src_row] for act in base.cache]
-    base_ids = torch.tensor(base_ids)
-    out = np.empty(len(cells), dtype=np.float64)
-    todo = np.arange(len(cells))
-    if skip_unchanged and base.cache is not None:
-        same = unchanged_cells(base.cache, cells, spec.component, c.n_heads)
-        out[same] = base.corrupted_metric if direction == "denoise" else base.clean_metric
-        todo = todo[~same]
-    # A backend may run the cells in another order (HookBackend.order: position-major, so
-    # batches share a cached prefix); `perm` maps run order to sweep order for write-back.
-    perm = backend.order(cells[todo], spec.component, skip_lower) if hasattr(backend, "order") else None
-    order = todo if perm is None else todo[perm]
-    run_cells = cells[order]
-    skipped = len(cells) - len(todo)
-    done, rows_run = 0, 2
-    if progress:
-        progress(skipped, len(cells))
-    while done < len(run_cells):
-        if cancel is not None and cancel():
-            raise Cancelled()
-        chunk = run_cells[done:done + bs]
-        try:
-            with model.locked(cancel, on_wait), torch.inference_mode():
-                logits = backend.patched(base_ids, source, chunk, spec.component, skip_lower)
-        except Exception as exc:  # noqa: BLE001
-            if _is_oom(exc) and bs > 1:  # retry the same cells with smaller batches
-                bs = max(1, bs // 2)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
-            if _is_oom(exc):
-                raise SweepError("Out of memory even with one patch per forward pass. "
-                                 "Use a smaller model, a shorter prompt, or a GPU.") from exc
-            raise
-        vals = compute_metric(metric, logits, prepared.answer_id, prepared.wrong_id)
-        out[order[done:done + len(chunk)]] = vals.double().cpu().numpy()
-        done += len(chunk)
-        rows_run += len(chunk)
-        if progress:
-            progress(skipped + done, len(cells))
-    seconds = time.perf_counter() - t0
-    values = out.reshape(spec.shape(c.n_layers, n_tok, c.n_heads))
-    result = PatchResult(
-        model=model.label, sweep=spec.name, direction=direction, metric=metric, axes=spec.axes,
-        values=values, tokens=prepared.clean_tokens, clean_metric=base.clean_metric,
-        corrupted_metric=base.corrupted_metric, pair=prepared.pair, n_layers=c.n_layers,
-        n_heads=c.n_heads, seconds=seconds, forward_rows=rows_run, batch_size=bs,
-        device=str(model.device), dtype=str(model.dtype).replace("torch.", ""), backend=getattr(backend, "name", "local"),
-        clean_top=base.clean_top, corrupted_top=base.corrupted_top,
-        diff_positions=prepared.diff_positions,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    )
-    result.warnings.extend(result_warnings(result))
-    return result
-
-
-def result_warnings(r: PatchResult) -> list[str]:
-    w = []
-    if not np.isfinite(r.values).all():
-        w.append("Some patched values are NaN or infinite (numerical overflow); those cells are left blank.")
-    if not np.isfinite(normalize(np.zeros(1), r.clean_metric, r.corrupted_metric)).all():
-        w.append(f"The clean and corrupted runs give almost the same {r.metric} "
-                 f"({r.clean_metric:.4g} vs {r.corrupted_metric:.4g}), so the normalised score is "
-                 f"undefined. Showing raw values; pick a pair where the answer changes.")
-    elif abs(r.clean_metric - r.corrupted_metric) < 0.05 * max(1.0, abs(r.clean_metric)):
-        w.append("The clean and corrupted runs are very close, so normalised scores are unstable. "
-                 "Read the raw values, or pick a pair where the answer changes more.")
-    return w
+    t0 = time.perf_counter()
+    values, base, facts = run_cells(model, prepared, spec, direction, metric, cells,
+                                    batch_size=batch_size, progress=progress, cancel=cancel,
+                                    on_wait=on_wait, skip_lower=skip_lower,
+                                    skip_unchanged=skip_unchanged, backend=backend)
+    return new_result(model, spec, direction, metric, values.reshape(spec.shape(c.n_layers, n_tok, c.n_heads)),
+                      base.clean_metric, base.corrupted_metric, prepared=prepared,
+                      seconds=time.perf_counter() - t0, forward_rows=facts["forward_rows"],
+                      batch_size=facts["batch_size"], backend=backend.name,
+                      clean_top=base.clean_top, corrupted_top=base.corrupted_top)

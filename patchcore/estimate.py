@@ -1,6 +1,6 @@
 """How long a sweep will take, before it runs.
 
-The local backend plans its forwards with a cost model (hooks.CostModel: token-layers
+The local backend plans its forwards with a cost model (planner.CostModel: token-layers
 of work plus a fixed cost per block call and per forward). One quick calibration per
 loaded model (two small timed forwards, cached for the model's lifetime) turns that
 unit into seconds on this machine; the estimate is the plan's total cost for the
@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .backends.base import sweep_batch
+from .backends.hooks import HookBackend
 from .engine import batch_rows, before_first_diff
-from .hooks import CALIBRATED_COSTS, CostModel, HookBackend, cost_model, forward_cost, token_layer_flops
+from .planner import CALIBRATED_COSTS, CostModel, cost_model, forward_cost, token_layer_flops
 from .models import LoadedModel
 from .sweeps import get_sweep
 
@@ -118,25 +120,26 @@ def forward_work(model: LoadedModel, n_tokens: int, sweep: str, batch_size: int 
             model.lock.release()
     if sup is None:
         sup = {"prefix": True, "sliced": True, "skip": True, "head": True}   # busy, unchecked: usual
-    perm = backend.order(cells, spec.component, skip_lower)
+    batch = sweep_batch(torch.zeros(T, dtype=torch.long), spec.component, cells, [None] * L, 0, 0,
+                        skip_lower)
+    perm = backend.order(batch)
     if perm is not None:
-        cells = cells[perm]
+        batch = batch.subset(perm)
     bs = batch_size or batch_rows(model, T)
-    shift = 1 if spec.component == "resid" else 0
     forwards, work = 1, forward_cost(2, T, 0, L, cm, False)       # the baseline: both prompts
     if skip_lower:                                                # the base prompt's own run
         forwards, work = forwards + 1, work + forward_cost(1, T, 0, L, cm, False)
     prefixes = set()
-    for start in range(0, len(cells), bs):
-        chunk = cells[start:start + bs]
+    for start in range(0, batch.n, bs):
+        chunk = batch.subset(np.arange(start, min(start + bs, batch.n)))
         if skip_lower and sup.get("head"):   # one unembedding per batch
             work += (cm.unembed_layers + 1) * cm.layer_overhead
-        for g in backend.plan(chunk, T, spec.component, skip_lower, support=sup):
+        for g in backend.plan(chunk, support=sup):
             forwards += 1
             if not skip_lower:
                 work += forward_cost(len(g.idx), T, 0, L, cm, False)
                 continue
-            work += forward_cost(len(g.idx), T - g.pos, g.layer + shift, L, cm, not sup["skip"],
+            work += forward_cost(len(g.idx), T - g.pos, g.layer, L, cm, not sup["skip"],
                                  late_head=sup.get("head", False))
             if g.pos > 0 and not sup["sliced"] and g.pos not in prefixes:   # a prefix run
                 prefixes.add(g.pos)

@@ -1,6 +1,7 @@
 """Metrics read from the last position's logits."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .errors import SweepError
@@ -20,16 +21,33 @@ def check_metric(name: str) -> str:
     return name
 
 
-def compute_metric(name: str, last_logits: torch.Tensor, answer_id: int, wrong_id: int) -> torch.Tensor:
-    """last_logits: (rows, vocab). Returns (rows,) in float32."""
-    logits = last_logits.float()
+def from_readout(name: str, r):
+    """A metric from readout rows (n, 3): answer logit, wrong logit, logsumexp of all logits
+    (backends.base.readout). Works on tensors (differentiable) and numpy arrays alike."""
+    answer, wrong, lse = r[:, 0], r[:, 1], r[:, 2]
     if name == "logit_diff":
-        return logits[:, answer_id] - logits[:, wrong_id]
+        return answer - wrong
     if name == "prob":
-        return torch.softmax(logits, dim=-1)[:, answer_id]
+        return (answer - lse).exp() if isinstance(r, torch.Tensor) else np.exp(answer - lse)
     if name == "logprob":
-        return torch.log_softmax(logits, dim=-1)[:, answer_id]
+        return answer - lse
     raise SweepError(f"Unknown metric '{name}'.")
+
+
+def readout(last_logits: torch.Tensor, answer, wrong) -> torch.Tensor:
+    """(n, V) logits -> (n, 3) float32: answer logit, wrong logit, logsumexp, with one answer and
+    wrong token for all rows or one per row. Everything a metric needs (from_readout)."""
+    lf = last_logits.float()
+    n = lf.shape[0]
+    rows = torch.arange(n, device=lf.device)
+    a = torch.as_tensor(np.broadcast_to(answer, (n,)).copy(), device=lf.device)
+    w = torch.as_tensor(np.broadcast_to(wrong, (n,)).copy(), device=lf.device)
+    return torch.stack([lf[rows, a], lf[rows, w], torch.logsumexp(lf, dim=-1)], dim=1)
+
+
+def compute_metric(name: str, last_logits: torch.Tensor, answer_id, wrong_id) -> torch.Tensor:
+    """last_logits: (rows, vocab). Returns (rows,) in float32 (differentiable)."""
+    return from_readout(name, readout(last_logits, answer_id, wrong_id))
 
 
 def top_tokens(tokenizer, last_logits: torch.Tensor, k: int = 5) -> list[tuple[str, float]]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .result import PatchResult
+from .results import PatchResult
+from .sites import get_direction
+from .sweeps import get_sweep
 
 STRONG = 0.5   # effect at or above this carries the behaviour
 NEGATIVE = -0.2
@@ -43,8 +45,7 @@ def effect(r: PatchResult) -> np.ndarray:
     Denoising: the normalised score itself (1 = clean behaviour restored).
     Noising: 1 - score (1 = the clean behaviour was destroyed).
     """
-    s = r.normalized
-    return s if r.direction == "denoise" else 1.0 - s
+    return get_direction(r.direction).effect(r.normalized)
 
 
 def meaning(r: PatchResult, score: float) -> str:
@@ -52,7 +53,7 @@ def meaning(r: PatchResult, score: float) -> str:
     if not np.isfinite(score):
         return "No normalised score (clean and corrupted runs give the same metric)."
     pct = num(score * 100, ".0f") + "%"
-    if r.direction == "denoise":
+    if get_direction(r.direction).restores:
         if score >= 0.8:
             return f"Patching this alone restores {pct} of the clean behaviour: it carries the information."
         if score >= 0.2:
@@ -98,7 +99,7 @@ def summarize(r: PatchResult, top_k: int = 3) -> list[str]:
         f"prompt it is {r.corrupted_metric:+.3g} (answer {p.answer!r}, wrong {p.wrong!r})."
     )
     out.append("Denoising: clean activations were copied into the corrupted run; 1 means the clean "
-               "answer is fully back, 0 means no change." if r.direction == "denoise" else
+               "answer is fully back, 0 means no change." if get_direction(r.direction).restores else
                "Noising: corrupted activations were copied into the clean run; 0 means the clean "
                "answer was destroyed, 1 means no change.")
     e = effect(r)
@@ -135,22 +136,15 @@ def summarize(r: PatchResult, top_k: int = 3) -> list[str]:
     if neg_mask.any():
         idx = np.argsort(np.where(neg_mask, e, np.inf).reshape(-1))[:top_k]
         negs = [np.unravel_index(i, e.shape) for i in idx if neg_mask.reshape(-1)[i]]
-        lead = ("Pushing the other way (towards the wrong answer): " if r.direction == "denoise" else
+        lead = ("Pushing the other way (towards the wrong answer): " if get_direction(r.direction).restores else
                 "Corrupting these makes the clean answer even stronger (they work against it): ")
         out.append(lead +
                    "; ".join(f"{cell_name(r, tuple(int(x) for x in t))}: {num(s[t])}" for t in negs) + ".")
 
-    if r.sweep == "layer":
-        out.append("Caveat: patching the whole residual stream at one layer restores everything after "
-                   "it, so values near 1 at every layer are expected and say little. Use "
-                   "layer × position to see where the information sits.")
-    elif r.sweep == "layer_pos":
-        out.append("Residual-stream patches carry everything computed so far at that position; a band "
-                   "that moves from one position to a later one shows information being moved "
-                   "by attention.")
+    spec = get_sweep(r.sweep)
+    if spec.caveat:
+        out.append("Caveat: " + spec.caveat[0].lower() + spec.caveat[1:])
+    if spec.hint:
+        out.append(spec.hint)
     out.extend(r.warnings)
     return out
-
-
-def summary_text(r: PatchResult) -> str:
-    return "\n".join(summarize(r))

@@ -6,16 +6,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import SweepError
+from .sites import COMPONENTS, DIRECTIONS, Component, get_direction  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
 class SweepSpec:
     name: str
-    component: str        # resid | attn | mlp | head
+    component: Component
     per_position: bool    # one patch per position (else all positions at once)
-    per_head: bool        # one patch per head (component 'head' only)
+    per_head: bool        # one patch per head (per-head components only)
     title: str
     help: str
+    caveat: str = ""      # what a reader must know before reading the result (shown with it)
+    hint: str = ""        # how to read it (the summary's last sentence)
 
     @property
     def axes(self) -> tuple[str, ...]:
@@ -36,33 +39,33 @@ class SweepSpec:
         return out
 
 
+_R, _A, _M, _H = (COMPONENTS[n] for n in ("resid", "attn", "mlp", "head"))
+
 SWEEPS: dict[str, SweepSpec] = {s.name: s for s in [
-    SweepSpec("layer", "resid", False, False, "Residual stream, whole layer",
+    SweepSpec("layer", _R, False, False, "Residual stream, whole layer",
               "Patches the residual stream (the block's output) at every position of one layer. "
               "This always restores everything after that layer, so it is close to 1.0 everywhere "
-              "in denoising; use layer × position to see where the information sits."),
-    SweepSpec("layer_pos", "resid", True, False, "Residual stream, layer × position",
-              "Patches the residual stream at one layer and one token position."),
-    SweepSpec("attn_pos", "attn", True, False, "Attention output, layer × position",
+              "in denoising; use layer × position to see where the information sits.",
+              caveat="Patching the whole residual stream at one layer restores everything after "
+                     "it, so values near 1 at every layer are expected here and say little. "
+                     "Use “Residual stream, layer × position” to see where the information sits."),
+    SweepSpec("layer_pos", _R, True, False, "Residual stream, layer × position",
+              "Patches the residual stream at one layer and one token position.",
+              hint="Residual-stream patches carry everything computed so far at that position; a "
+                   "band that moves from one position to a later one shows information being "
+                   "moved by attention."),
+    SweepSpec("attn_pos", _A, True, False, "Attention output, layer × position",
               "Patches the output of one layer's attention at one position, before it is added "
               "to the residual stream."),
-    SweepSpec("mlp_pos", "mlp", True, False, "MLP output, layer × position",
+    SweepSpec("mlp_pos", _M, True, False, "MLP output, layer × position",
               "Patches the output of one layer's MLP at one position, before it is added to the "
               "residual stream."),
-    SweepSpec("head", "head", False, True, "Attention heads, layer × head",
+    SweepSpec("head", _H, False, True, "Attention heads, layer × head",
               "Patches one attention head's output (its slice of the input of the attention "
               "output projection) at every position."),
-    SweepSpec("head_pos", "head", True, True, "Attention heads, layer × position × head",
+    SweepSpec("head_pos", _H, True, True, "Attention heads, layer × position × head",
               "Patches one attention head's output at one position."),
 ]}
-
-DIRECTIONS = {
-    "denoise": "Denoising: clean activations are copied into the corrupted run. A high score "
-               "means this component is enough to bring the clean answer back.",
-    "noise": "Noising: corrupted activations are copied into the clean run. A low score means "
-             "this component is needed for the clean answer.",
-}
-
 
 def get_sweep(name: str) -> SweepSpec:
     try:
@@ -73,7 +76,4 @@ def get_sweep(name: str) -> SweepSpec:
 
 
 def check_direction(direction: str) -> str:
-    if direction not in DIRECTIONS:
-        raise SweepError(f"Unknown direction '{direction}'. Choose denoise or noise.",
-                         field="direction")
-    return direction
+    return get_direction(direction).name

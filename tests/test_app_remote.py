@@ -21,7 +21,7 @@ from app_helpers import (chart_data, charts, errors, isolated_history, no_except
                          open_app, plain, wait_for_job)
 from patchcore import ModelSpec, PromptPair, load_model, run_sweep
 from patchcore.history import History
-from patchcore.nnsight_backend import NDIF_KEY_URL, ndif_host
+from patchcore.backends.ndif import NDIF_KEY_URL, ndif_host
 from test_remote import FakeNDIF, _closed_port
 from tiny import build_hf, embedded_tokenizer
 

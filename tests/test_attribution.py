@@ -7,8 +7,8 @@ import torch
 
 import patchcore as pc
 from patchcore.attribution import agreement, check_top_k, effects, run_atp, spearman, top_k_cells
-from patchcore.hooks import HookBackend
-from patchcore.result import PatchResult
+from patchcore.backends.hooks import HookBackend
+from patchcore.results import PatchResult
 
 from tiny import build_hf, embedded_tokenizer
 

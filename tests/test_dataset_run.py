@@ -11,7 +11,7 @@ from patchcore.datasets import generate_ioi, parse_upload
 from patchcore.engine import run_sweep
 from patchcore.errors import Cancelled
 from patchcore.prompts import PromptPair
-from patchcore.result import PatchResult
+from patchcore.results import PatchResult
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -12,7 +12,7 @@ from patchcore import run_sweep
 from patchcore.bigmodels import check_fits, count_parameters, describe_memory, estimate_memory
 from patchcore.errors import ModelLoadError
 from patchcore.models import ModelSpec, load_model
-from patchcore.nnsight_backend import NNsightBackend
+from patchcore.backends.nnsight import NNsightBackend
 from patchcore.prompts import PromptPair
 from tiny import VOCAB, build_hf, embedded_tokenizer
 

@@ -10,7 +10,8 @@ import pytest
 import patchcore as pc
 from patchcore.engine import batch_rows
 from patchcore.estimate import calibrate, estimate_seconds, forward_work
-from patchcore.hooks import HookBackend, forward_cost
+from patchcore.backends.hooks import HookBackend
+from patchcore.planner import forward_cost
 
 from tiny import tiny_model
 

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 import patchcore as pc
-from patchcore.hooks import CostModel, HookBackend, forward_cost, plan_groups
+from patchcore.backends.base import sweep_batch
+from patchcore.backends.hooks import HookBackend
+from patchcore.planner import CostModel, forward_cost, plan_groups
 from patchcore.prompts import prepare_pair
 
 from tiny import FAMILIES, build_hf, embedded_tokenizer, tiny_model
@@ -108,7 +110,8 @@ def test_shortcuts_are_used(family):
         with torch.inference_mode():
             b._base(torch.tensor(prepared.corrupted_ids))       # the base prompt's own run
             calls.clear()
-            b.patched(torch.tensor(prepared.corrupted_ids), [a[0] for a in base.cache], cells, "resid")
+            b.run(sweep_batch(torch.tensor(prepared.corrupted_ids), pc.SWEEPS["layer_pos"].component,
+                              cells, [a[0] for a in base.cache], prepared.answer_id, prepared.wrong_id))
     finally:
         hook.remove()
     assert max(g.pos for g in b.last_groups) > 0 and len(b.last_groups) > 1
@@ -183,12 +186,15 @@ def test_embedded_fast_equals_plain(embedded):
         base = pc.run_baseline(m, prepared, component=spec.component)
         src = [a[0] for a in base.cache]
         ids = torch.tensor(prepared.corrupted_ids)
+        batch = lambda fast: sweep_batch(ids, spec.component, cells, src, prepared.answer_id,  # noqa: E731
+                                         prepared.wrong_id, skip_lower=fast)
         with torch.inference_mode():
-            ref = HookBackend(m, reuse_prefix=False, group=False).patched(ids, src, cells, spec.component, False)
+            ref = HookBackend(m, reuse_prefix=False, group=False).run(batch(False))
             b = HookBackend(m)
-            fast = b.patched(ids, src, cells, spec.component, True)
+            fast = b.run(batch(True))
         assert max(g.pos for g in b.last_groups) > 0
-        assert float((ref - fast).abs().max()) <= 1e-3   # logits (not metric) of a 30-layer model
-        dref = ref[:, prepared.answer_id] - ref[:, prepared.wrong_id]
-        dfast = fast[:, prepared.answer_id] - fast[:, prepared.wrong_id]
+        # readout (answer logit, wrong logit, logsumexp), not the metric, of a 30-layer model
+        assert float((ref - fast).abs().max()) <= 1e-3
+        dref = ref[:, 0] - ref[:, 1]
+        dfast = fast[:, 0] - fast[:, 1]
         assert float((dref - dfast).abs().max()) <= TOL

@@ -10,7 +10,7 @@ import torch
 
 from patchcore import Cancelled, DEFAULT_PAIR, PromptPair, SweepError, run_sweep
 from patchcore.charts import heatmap
-from patchcore.hooks import HookBackend
+from patchcore.backends.hooks import HookBackend
 from patchcore.summary import summarize
 from tiny import build_hf, embedded_tokenizer, tiny_model
 
@@ -27,11 +27,11 @@ class FlakyMemoryBackend(HookBackend):
         super().__init__(model)
         self.limit, self.sizes = limit, []
 
-    def patched(self, base_ids, source, cells, component, skip_lower=True):
-        self.sizes.append(len(cells))
-        if len(cells) > self.limit:
+    def run(self, batch):
+        self.sizes.append(batch.n)
+        if batch.n > self.limit:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return super().patched(base_ids, source, cells, component, skip_lower)
+        return super().run(batch)
 
 
 def rss_mb() -> float:

@@ -14,8 +14,8 @@ import threading
 import pytest
 
 from patchcore import PromptPair, run_sweep
-from patchcore.ndif_simulation import ServerUnpickler, installed_on_server
-from patchcore.nnsight_backend import NNsightBackend
+from patchcore.backends.nnsight import NNsightBackend
+from patchcore.backends.simulation import ServerUnpickler, installed_on_server
 from tiny import tiny_model
 
 PAIR = PromptPair(clean="Mary and John met, and John thanked",

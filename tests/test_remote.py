@@ -26,8 +26,8 @@ import torch
 from patchcore import run_sweep
 from patchcore.errors import PatchError
 from patchcore.models import ModelSpec, load_model
-from patchcore.nnsight_backend import (NNsightBackend, RemoteError, expand_focused,
-                                       make_remote_backend, run_nnsight_sweep)
+from patchcore.backends.ndif import RemoteError
+from patchcore.backends.nnsight import NNsightBackend, make_remote_backend
 from patchcore.prompts import PromptPair
 from patchcore.sweeps import SWEEPS
 from tiny import build_hf, embedded_tokenizer, tiny_model
@@ -78,29 +78,33 @@ def test_whole_sweep_is_one_request_even_in_small_engine_batches():
     got = run_sweep(m, PAIR, "head_pos", "denoise", backend=b, batch_size=7)
     _assert_same(got, ref)
     assert b.requests == 2
-    # without prefetch every engine batch is its own request, with the same numbers
-    b2 = NNsightBackend(m, remote="local", prefetch=False)
+    # without one_request every engine batch is its own request, with the same numbers
+    b2 = NNsightBackend(m, remote="local", one_request=False)
     got2 = run_sweep(m, PAIR, "head_pos", "denoise", backend=b2, batch_size=10)
     _assert_same(got2, ref)
     assert b2.requests == 1 + math.ceil((got2.forward_rows - 2) / 10) >= 1 + 2
 
 
-def test_prefetch_recognises_the_sweep_without_the_engines_order_hook():
-    """Driven batch by batch like an engine that never calls order(): still one patch request."""
-    from patchcore.hooks import HookBackend
+def test_one_run_call_is_one_request_and_equals_the_hook_backend():
+    """A batch handed to run() directly (as the engine does) is one request, with the numbers
+    of the local backend, and three numbers a row come back."""
+    from patchcore.backends.base import sweep_batch
+    from patchcore.backends.hooks import HookBackend
     from patchcore.prompts import prepare_pair
 
     m = tiny_model("gpt2")
     prep = prepare_pair(m.tokenizer, PAIR)
     ids = torch.tensor([prep.clean_ids, prep.corrupted_ids])
-    cells = SWEEPS["layer_pos"].cells(m.components.n_layers, prep.n_tokens, m.components.n_heads)
+    spec = SWEEPS["layer_pos"]
+    cells = spec.cells(m.components.n_layers, prep.n_tokens, m.components.n_heads)
     results = []
-    for backend in (HookBackend(m), NNsightBackend(m, remote="local")):
+    for backend in (HookBackend(m), NNsightBackend(m, remote="local", rows_per_trace=7)):
         with torch.inference_mode():
-            _, cache = backend.baseline(ids, "resid")
+            _, cache = backend.baseline(ids, spec.component)
             source = [a[0] for a in cache]
-            out = [backend.patched(ids[1], source, cells[i:i + 5], "resid") for i in range(0, len(cells), 5)]
-        results.append(torch.cat(out))
+            results.append(backend.run(sweep_batch(ids[1], spec.component, cells, source,
+                                                   prep.answer_id, prep.wrong_id)))
+    assert results[1].shape == (len(cells), 3)
     torch.testing.assert_close(results[1], results[0], atol=TOL, rtol=0)
     assert backend.requests == 2
 
@@ -110,20 +114,8 @@ def test_focused_download_gives_the_same_metrics(metric):
     m = tiny_model("gpt2")
     ref = run_sweep(m, PAIR, "attn_pos", "noise", metric=metric)
     b = NNsightBackend(m, remote="local")
-    got = run_nnsight_sweep(m, b, PAIR, "attn_pos", "noise", metric=metric)
+    got = run_sweep(m, PAIR, "attn_pos", "noise", metric=metric, backend=b)
     _assert_same(got, ref)
-    assert b._focus is None  # reset afterwards: later plain calls get full logits again
-
-
-def test_expand_focused_matches_full_logits():
-    torch.manual_seed(0)
-    logits = torch.randn(5, 50) * 3
-    for a, w in [(7, 3), (0, 1), (1, 0), (49, 2)]:
-        lse = torch.logsumexp(logits, -1)
-        small = expand_focused(torch.stack([logits[:, a], logits[:, w], lse], 1), a, w)
-        for fn in (lambda x: x[:, a] - x[:, w], lambda x: torch.softmax(x, -1)[:, a],
-                   lambda x: torch.log_softmax(x, -1)[:, a]):
-            torch.testing.assert_close(fn(small), fn(logits), atol=1e-5, rtol=1e-5)
 
 
 def test_plain_nnsight_backend_equals_local_run():
@@ -142,7 +134,7 @@ def test_make_remote_backend_builds_the_model_from_its_config(tmp_path):
     assert backend.name == "nnsight" and "simulated NDIF" in loaded.label
     assert loaded.components.n_layers == 3 and loaded.components.model_type == "qwen2"
     ref = run_sweep(load_model(ModelSpec(name=str(folder))), PAIR, "mlp_pos", "denoise")
-    got = run_nnsight_sweep(loaded, backend, PAIR, "mlp_pos", "denoise")
+    got = run_sweep(loaded, PAIR, "mlp_pos", "denoise", backend=backend)
     _assert_same(got, ref)
     assert backend.requests == 2
 
@@ -195,7 +187,7 @@ def remote_model(monkeypatch):
 def _baseline_error(m, backend) -> RemoteError:
     ids = torch.tensor([[1, 2, 3], [1, 2, 4]])
     with pytest.raises(RemoteError) as err:
-        backend.baseline(ids, "resid")
+        backend.baseline(ids, SWEEPS["layer_pos"].component)
     assert "sk-SECRET-42" not in str(err.value)
     return err.value
 
@@ -325,7 +317,7 @@ def test_completed_job_result_is_downloaded(remote_model, fake_ndif):
     ndif = fake_ndif("complete", result=zstandard.ZstdCompressor().compress(buf.getvalue()))
     seen = []
     backend = make(ndif.url, on_status=lambda state, text: seen.append(state))
-    got_logits, got_acts = backend.baseline(torch.tensor([[1, 2, 3], [1, 2, 4]]), "resid")
+    got_logits, got_acts = backend.baseline(torch.tensor([[1, 2, 3], [1, 2, 4]]), SWEEPS["layer_pos"].component)
     torch.testing.assert_close(got_logits, logits)
     assert len(got_acts) == len(acts) and all(torch.equal(a, b) for a, b in zip(got_acts, acts))
     assert seen[0] == "SENDING" and "RUNNING" in seen and seen[-1] == "COMPLETED"

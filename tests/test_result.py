@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from patchcore import PatchResult, PromptPair, run_sweep
-from patchcore.engine import result_warnings
+from patchcore.results import result_warnings
 
 PAIR = PromptPair("Mary met John; John thanked", "John met Mary; Mary thanked", " Mary", " John")
 TOKENS = ["The", " cat", " saw", " the", " cat"]  # " cat" twice: duplicates must survive

@@ -1,0 +1,431 @@
+"""The local backend: batched patching with plain PyTorch hooks on the HF model.
+
+One forward pass carries many patches, one per batch row. Patches are written
+with vectorised index assignments, one per (layer, forward), never per cell.
+
+Exact shortcuts (each gives the same numbers as the plain path, up to float
+rounding; tests/test_fast_paths.py checks every family, sweep and direction):
+
+- Only the last position's logits are computed (`logits_to_keep=1`).
+- Skip lower layers: a patch at layer l changes nothing below l. The blocks below
+  a forward's first patch site return the base prompt's own outputs (recorded once
+  per prompt) without computing, and the hidden state is widened to all rows where
+  the first patch lands. A residual-stream patch at layer l is written into the
+  *input* of block l+1 (the same tensor as block l's output), so block l is not run
+  on the batch either.
+- Reuse the prefix: a patch at position p changes nothing before p (causal
+  attention), so a forward whose patches all sit at positions >= p0 takes the
+  keys/values of positions < p0 from the base prompt's cache (transformers' own
+  cache: cut from the whole prompt's cache, or, for sliding-window models, from a
+  one-row run of the prefix), widened to the batch rows, and runs only positions
+  p0..T-1.
+- Grouping: `order()` sorts a batch's rows by first patched position, then layer
+  (the engine runs them in that order and writes results back in its own), and
+  `run()` splits each batch into forwards with a shared (first block, first
+  position) corner, chosen by planner.plan_groups over a cost model.
+
+The first use on a model checks each shortcut against a plain forward on a random
+prompt (HookBackend.support); one that does not hold for a family (or fails) is
+left out for that model, and the plain computation runs instead.
+"""
+from __future__ import annotations
+
+import inspect
+import weakref
+from contextlib import ExitStack
+
+import numpy as np
+import torch
+
+from ..models import LoadedModel
+from ..planner import CALIBRATED_COSTS, CostModel, Group, cost_model, plan_groups
+from ..sites import Component
+from .base import Backend, Batch, readout
+from .prefix_cache import cache_of, slice_cache, widen_cache
+
+
+def _first(output):
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def _replace_first(output, new):
+    if isinstance(output, torch.Tensor):
+        return new
+    return (new,) + tuple(output[1:])
+
+
+def _get_hidden(args, kwargs):
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _set_hidden(args, kwargs, new):
+    if args:
+        return (new,) + tuple(args[1:]), kwargs
+    kwargs = dict(kwargs)
+    kwargs["hidden_states"] = new
+    return args, kwargs
+
+
+def apply_writes(x: torch.Tensor, component: Component, components, groups, offset: int = 0,
+                 copy_x: bool = True) -> torch.Tensor:
+    """x (B, t, W) with the writes of one module applied, positions offset.. (cached prefix).
+
+    groups: [(all_pos, all_head, rows, pos, heads, src, table)], index tensors of equal
+    length; table (S, T, W) holds the values (row src[j] of it goes into row rows[j])."""
+    if copy_x:
+        x = x.clone(memory_format=torch.contiguous_format)
+    x4 = component.heads_view(x, components)
+    for all_pos, all_head, rows, pos, heads, src, table in groups:
+        s4 = component.heads_view(table[:, offset:].to(device=x.device, dtype=x.dtype), components)
+        rows, src = rows.to(x.device), src.to(x.device)
+        if all_pos:
+            if all_head:
+                x4[rows] = s4[src]
+            else:
+                heads = heads.to(x.device)
+                x4[rows, :, heads] = s4[src, :, heads]
+            continue
+        pos = pos.to(x.device) - offset
+        if all_head:
+            x4[rows, pos] = s4[src, pos]
+        else:
+            heads = heads.to(x.device)
+            x4[rows, pos, heads] = s4[src, pos, heads]
+    return x
+
+
+# per transformers model: which shortcuts were checked to hold (see HookBackend.support)
+_SUPPORT: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _override_forward(stack: ExitStack, module: torch.nn.Module, forward) -> None:
+    """Until the stack closes, calling `module` runs `forward` instead of its own."""
+    had = "forward" in module.__dict__
+    old = module.__dict__.get("forward")
+    module.forward = forward
+
+    def restore():
+        if had:
+            module.forward = old
+        else:
+            del module.forward
+    stack.callback(restore)
+
+
+def _skip_block(stack: ExitStack, block: torch.nn.Module, output: torch.Tensor) -> None:
+    """Until the stack closes, calling `block` returns `output` without computing anything."""
+    _override_forward(stack, block, lambda *args, **kwargs: output)
+
+
+class HookBackend(Backend):
+    """Runs baseline and patched forwards on a local model with torch hooks.
+
+    reuse_prefix: take keys/values of positions before a forward's first patched
+    position from the base prompt's cached run (exact; see module docstring).
+    group: split each batch into forwards that share a first block and position.
+    cost: the CostModel the grouping minimises (default: the one calibrated on this
+    model by estimate.calibrate if any, else planner.cost_model() for the device).
+    Both apply only to batches with skip_lower=True; skip_lower=False is the plain
+    path (every row runs every layer at every position).
+    """
+
+    name = "local"
+
+    def __init__(self, model: LoadedModel, reuse_prefix: bool = True, group: bool = True,
+                 cost: CostModel | None = None):
+        self.model = model
+        self.hf = model.hf
+        self.c = model.components
+        self.reuse_prefix = reuse_prefix
+        self.group = group
+        params = inspect.signature(self.hf.forward).parameters
+        self._kw = {"use_cache": False}
+        if "logits_to_keep" in params:  # only the last position's logits are read
+            self._kw["logits_to_keep"] = 1
+        # transformers 5.x renamed past_key_values -> cache
+        self._cache_kw = "cache" if "cache" in params else (
+            "past_key_values" if "past_key_values" in params else None)
+        self._prefixes: dict = {}
+        self._bases: dict = {}
+        self.cost = cost or CALIBRATED_COSTS.get(self.hf) or cost_model(self.c, model.device)
+        self.last_groups: list[Group] = []   # the forwards of the latest run() call
+
+    # -- modules -----------------------------------------------------------
+    def _after_block(self, layer: int) -> torch.nn.Module:
+        """The module whose input is the output of block `layer`."""
+        return self.c.blocks[layer + 1] if layer + 1 < self.c.n_layers else self.c.final_norm
+
+    def _forward(self, ids: torch.Tensor, **extra) -> torch.Tensor:
+        kw = dict(self._kw)
+        kw.update(extra)
+        out = self.hf(input_ids=ids.to(self.model.device), **kw)
+        return out.logits[:, -1, :]
+
+    # -- baseline ------------------------------------------------------------
+    def baseline(self, ids: torch.Tensor, component: Component):
+        """Unpatched forward of several prompts; returns (last logits, per-layer activations)."""
+        cache: list = [None] * self.c.n_layers
+        with ExitStack() as stack:
+            for layer in range(self.c.n_layers):
+                mod = component.module(self.c, layer)
+                if component.hook == "input":
+                    def pre(m, args, layer=layer):
+                        cache[layer] = args[0].detach().clone()
+                    stack.enter_context(mod.register_forward_pre_hook(pre))
+                else:
+                    def post(m, args, output, layer=layer):
+                        cache[layer] = _first(output).detach().clone()
+                    stack.enter_context(mod.register_forward_hook(post))
+            logits = self._forward(ids)
+        return logits, cache
+
+    # -- what this model supports ------------------------------------------------
+    def _base_run(self, ids: torch.Tensor):
+        """One row, whole prompt: (block outputs (1, T, D) per layer, cache, last logits)."""
+        states: list = [None] * self.c.n_layers
+        with ExitStack() as stack:
+            for i, block in enumerate(self.c.blocks):
+                def post(m, args, output, i=i):
+                    states[i] = _first(output).detach()
+                stack.enter_context(block.register_forward_hook(post))
+            kw = {**self._kw, "use_cache": self._cache_kw is not None}
+            out = self.hf(input_ids=ids.view(1, -1).to(self.model.device), **kw)
+        return states, (cache_of(out) if self._cache_kw else None), out.logits[:, -1, :]
+
+    def _base(self, base_ids: torch.Tensor):
+        key = base_ids.cpu().numpy().tobytes()
+        if key not in self._bases:
+            if len(self._bases) > 4:
+                self._bases.clear()
+            self._bases[key] = self._base_run(base_ids)
+        return self._bases[key]
+
+    def _prefix_run(self, ids: torch.Tensor, p0: int):
+        out = self.hf(input_ids=ids[:p0].view(1, -1).to(self.model.device),
+                      **{**self._kw, "use_cache": True})
+        return cache_of(out)
+
+    def support(self, check: bool = True) -> dict | None:
+        """Which shortcuts hold on this model, checked once per model on a random prompt.
+
+        prefix: a prompt run as prefix (cached keys/values) + rest equals one forward;
+        sliced: the prefix cache may be cut from the whole prompt's cache (no sliding
+        window), so no prefix runs are needed; skip: blocks may be replaced by the base
+        run's outputs; head: the logits are the unembedding of the last hidden state and
+        nothing else (no final soft-capping), so the forwards of a batch can share one
+        unembedding. check=False: None when not checked yet.
+        """
+        sup = _SUPPORT.get(self.hf)
+        if sup is not None or not check:
+            return sup
+        sup = {"prefix": False, "sliced": False, "skip": False, "head": False}
+        with torch.inference_mode():
+            g = torch.Generator().manual_seed(0)
+            ids = torch.randint(0, self.c.vocab_size, (12,), generator=g)
+            try:
+                states, full_cache, full = self._base_run(ids)
+            except Exception:  # noqa: BLE001
+                _SUPPORT[self.hf] = sup
+                return sup
+            tol = (1e-3 if self.model.dtype == torch.float32 else 5e-2) * (1 + full.abs().max().item())
+
+            def same(run) -> bool:
+                try:
+                    got = run()
+                    return bool(torch.isfinite(full).all()) and (full - got).abs().max().item() <= tol
+                except Exception:  # noqa: BLE001 - this family's code path differs: no shortcut
+                    return False
+
+            def with_cache(cache):
+                return lambda: self._forward(ids[7:].view(1, -1), use_cache=True,
+                                             **{self._cache_kw: widen_cache(cache, 1, 0)})
+
+            if self._cache_kw is not None:
+                sup["prefix"] = same(with_cache(self._prefix_run(ids, 7)))
+                sliced = slice_cache(full_cache, 7)
+                sup["sliced"] = sup["prefix"] and sliced is not None and same(with_cache(sliced))
+
+            def skipped():
+                with ExitStack() as stack:
+                    for i in range(self.c.n_layers // 2 + 1):
+                        _skip_block(stack, self.c.blocks[i], states[i].clone())
+                    return self._forward(ids.view(1, -1))
+            sup["skip"] = same(skipped)
+
+            def late_head():
+                with ExitStack() as stack:
+                    h = self._capture_head(stack)
+                    self._forward(ids.view(1, -1))
+                return self._unembed(h)
+            sup["head"] = same(late_head)
+        _SUPPORT[self.hf] = sup
+        return sup
+
+    def _capture_head(self, stack: ExitStack) -> list:
+        """Until the stack closes, the unembedding records its input and returns zeros."""
+        got: list = []
+
+        def capture(h, *args, **kwargs):
+            got.append(h)
+            return h.new_zeros(1, 1, 1).expand(h.shape[0], h.shape[1], self.c.vocab_size)
+        _override_forward(stack, self.c.unembed, capture)
+        return got
+
+    def _unembed(self, hidden) -> torch.Tensor:
+        """Last-position logits from captured unembedding inputs (one or a list)."""
+        h = torch.cat(hidden, 0) if isinstance(hidden, list) else hidden
+        return self.c.unembed(h)[:, -1, :]
+
+    # -- planning ------------------------------------------------------------
+    def _fast(self, batch: Batch) -> bool:
+        return bool(batch.skip_lower) and (self.reuse_prefix or self.group)
+
+    def order(self, batch: Batch):
+        """Rows by first patched position, then first block, then head: consecutive batches then
+        share a high first position, so more of each forward comes from the cached prefix."""
+        if not (batch.skip_lower and self.reuse_prefix):
+            return None
+        block, pos = batch.first_sites(self.c.n_layers)
+        if not pos.any():
+            return None
+        head = np.full(batch.n, -1)
+        for w in batch.writes:
+            head[w.rows] = w.head
+        return np.lexsort((head, block, pos))
+
+    def plan(self, batch: Batch, support: dict | None = None) -> list[Group]:
+        """The forwards run() will make for this batch (one prompt). Group.layer is the first
+        block run on all rows, Group.pos the first position run.
+
+        support: as from support() (None: check this model, two small forwards once).
+        """
+        n, T = batch.n, batch.ids.shape[-1]
+        if not batch.skip_lower:
+            return [Group(np.arange(n), 0, 0)]
+        sup = support or self.support()
+        reuse = self.reuse_prefix and sup["prefix"]
+        block, pos = batch.first_sites(self.c.n_layers)
+        if not reuse:
+            pos = np.zeros_like(pos)
+        if not self.group:
+            return [Group(np.arange(n), int(block.min()), int(pos.min()))]
+        cells = np.stack([block, pos, np.full(n, -1)], axis=1)
+        return plan_groups(cells, T, self.c.n_layers, shift=0, cm=self.cost, reuse_prefix=reuse,
+                           run_lower=not sup["skip"], prefix_run_cost=reuse and not sup["sliced"],
+                           late_head=sup["head"])
+
+    # -- cached prefix ---------------------------------------------------------
+    def _prefix_cache(self, base_ids: torch.Tensor, p0: int, rows: int, from_layer: int):
+        """A fresh cache holding positions < p0 of base_ids, widened to `rows` from from_layer up."""
+        key = (base_ids.cpu().numpy().tobytes(), p0)
+        base = self._prefixes.get(key)
+        if base is None:
+            if len(self._prefixes) > 256:
+                self._prefixes.clear()
+            if self.support()["sliced"]:
+                base = slice_cache(self._base(base_ids)[1], p0)
+            else:
+                base = self._prefix_run(base_ids, p0)
+            self._prefixes[key] = base
+        return widen_cache(base, rows, from_layer)
+
+    # -- patched ---------------------------------------------------------------
+    def run(self, batch: Batch) -> torch.Tensor:
+        """Patched forwards, one batch row per row; readout (n, 3) in the batch's order."""
+        n = batch.n
+        if not self._fast(batch):
+            self.last_groups = [Group(np.arange(n), 0, 0)]
+            return self._readout(self._run(batch, None, 0), batch)
+        if len(np.unique(batch.prompt)) > 1:   # the shortcuts serve one base prompt per forward
+            out = torch.empty((n, 3), dtype=torch.float32)
+            for p in np.unique(batch.prompt):
+                rows = np.nonzero(batch.prompt == p)[0]
+                sub = batch.subset(rows)
+                sub.ids, sub.prompt = batch.ids[int(p)].view(1, -1), np.zeros(len(rows), dtype=np.int64)
+                out[torch.as_tensor(rows)] = self.run(sub).cpu()
+            return out
+        groups = self.plan(batch)
+        self.last_groups = groups
+        late = self.support()["head"]
+        if len(groups) == 1:
+            g = groups[0]
+            out = self._run(batch, g.layer, g.pos, late)
+            return self._readout(self._unembed(out) if late else out, batch)
+        out = None
+        for g in groups:
+            res = self._run(batch.subset(g.idx), g.layer, g.pos, late)
+            if out is None:
+                out = res.new_empty((n,) + tuple(res.shape[1:]))
+            out[torch.as_tensor(g.idx, device=out.device)] = res
+        # late head: one unembedding for the whole batch (its weights read once, not per forward)
+        return self._readout(self._unembed(out) if late else out, batch)
+
+    @staticmethod
+    def _readout(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return readout(logits, batch.answer, batch.wrong)
+
+    def _hooks(self, stack: ExitStack, batch: Batch, fast: bool, p0: int) -> None:
+        """Register every write of the batch on its module, vectorised per (layer, kind)."""
+        for w in batch.writes:
+            comp = w.component
+            per_module: dict = {}
+            for layer, all_pos, all_head, idx in w.groups():
+                t = lambda a: torch.as_tensor(a[idx])  # noqa: E731
+                per_module.setdefault(layer, []).append(
+                    (all_pos, all_head, t(w.rows), t(w.pos), t(w.head), t(w.src), w.table[layer]))
+            for layer, groups in per_module.items():
+                def write(x, groups=groups, comp=comp):
+                    return apply_writes(x, comp, self.c, groups, p0)
+                if comp.shift and fast:
+                    # block l's output is the next module's input: write it there, so block l
+                    # itself is not run on the batch
+                    def pre_kw(m, args, kwargs, write=write):
+                        return _set_hidden(args, kwargs, write(_get_hidden(args, kwargs)))
+                    stack.enter_context(self._after_block(layer).register_forward_pre_hook(
+                        pre_kw, with_kwargs=True))
+                elif comp.hook == "input":
+                    def pre(m, args, write=write):
+                        return (write(args[0]),) + tuple(args[1:])
+                    stack.enter_context(comp.module(self.c, layer).register_forward_pre_hook(pre))
+                else:
+                    def post(m, args, output, write=write):
+                        return _replace_first(output, write(_first(output)))
+                    stack.enter_context(comp.module(self.c, layer).register_forward_hook(post))
+
+    def _run(self, batch: Batch, start, p0, late_head: bool = False) -> torch.Tensor:
+        """One forward. start=None: plain (all rows, all layers, all positions).
+
+        Otherwise blocks below `start` (the first block that sees a patch) return the base
+        run's outputs without computing (or run on one row where that shortcut does not
+        hold), and positions < p0 come from the cache. Returns last-position logits, or with
+        late_head the unembedding's input (n, 1, D).
+        """
+        n = batch.n
+        fast = start is not None
+        extra = {}
+        with ExitStack() as stack:
+            if not fast:
+                ids = batch.ids[torch.as_tensor(batch.prompt)]
+            else:
+                base_ids = batch.ids.view(-1)
+                ids = base_ids[p0:].view(1, -1)
+                # the first module that sees a patched value: there the hidden state is widened
+                site = self.c.blocks[start] if start < self.c.n_layers else self.c.final_norm
+                if p0 > 0:
+                    extra = {self._cache_kw: self._prefix_cache(base_ids, p0, n, start),
+                             "use_cache": True}
+                if start > 0 and self.support()["skip"]:
+                    states = self._base(base_ids)[0]
+                    for i in range(start):
+                        _skip_block(stack, self.c.blocks[i], states[i][:, p0:].clone()
+                                    if i == start - 1 else states[i][:, p0:])
+                if n > 1:
+                    def widen(m, args, kwargs):
+                        h = _get_hidden(args, kwargs)
+                        return _set_hidden(args, kwargs, h.expand(n, -1, -1).contiguous())
+                    stack.enter_context(site.register_forward_pre_hook(widen, with_kwargs=True))
+            self._hooks(stack, batch, fast, p0 if fast else 0)
+            if late_head:
+                got = self._capture_head(stack)
+            logits = self._forward(ids, **extra)
+        return got[0] if late_head else logits
