@@ -229,7 +229,7 @@ def check_top_k(model: LoadedModel, pair: PromptPair | PreparedPair, estimate: P
     c = model.components
     prepared = pair if isinstance(pair, PreparedPair) else prepare_pair(model.tokenizer, pair)
     flat = top_k_cells(effects(estimate), k)
-    cells = spec.cells(c.n_layers, prepared.n_tokens, c.n_heads)[flat]
+    cells = spec.grid(c, prepared.n_tokens)[flat]
     exact, base, _ = run_cells(model, prepared, spec, estimate.direction, estimate.metric, cells,
                                backend=backend, cancel=cancel, on_wait=on_wait)
     est = np.asarray(estimate.values, dtype=float).ravel()[flat]

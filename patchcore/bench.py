@@ -191,7 +191,7 @@ def plain_hooks(model, prepared, sweep: str, direction: str, max_logit_bytes: fl
     c = model.components
     hf = model.hf
     T = prepared.n_tokens
-    cells = spec.cells(c.n_layers, T, c.n_heads)
+    cells = spec.grid(c, T)
     mods = [spec.component.module(c, i) for i in range(c.n_layers)]
     output = spec.component.hook == "output"     # layer_pos: block outputs; head: o_proj inputs
     dev = model.device
@@ -249,7 +249,7 @@ def plain_hooks(model, prepared, sweep: str, direction: str, max_logit_bytes: fl
             out.append((logits[:, prepared.answer_id] - logits[:, prepared.wrong_id]).double().cpu())
         vals = torch.cat(out).numpy()
     _sync(dev)
-    return (vals.reshape(spec.shape(c.n_layers, T, c.n_heads)), time.perf_counter() - t0,
+    return (vals.reshape(spec.dims(c, T)), time.perf_counter() - t0,
             time.process_time() - cpu0, rows_per)
 
 
@@ -309,7 +309,7 @@ def bench_seed(model, row: dict, kept: dict, seed_patches: int, log=print) -> No
     c = model.components
     base = run_baseline(model, prepared, "logit_diff", spec.component)
     source = [a[get_direction(direction).source_row] for a in base.cache]
-    cells = spec.cells(c.n_layers, prepared.n_tokens, c.n_heads)
+    cells = spec.grid(c, prepared.n_tokens)
     k = min(seed_patches, len(cells)) if seed_patches > 0 else len(cells)
     pick = np.unique(np.linspace(0, len(cells) - 1, k).round().astype(int))
     a_vals, a_s, a_cpu = seed_loop(model, prepared, row["sweep"], direction, cells[pick], source)

@@ -22,6 +22,10 @@ class FamilyPaths:
     mlp: str           # MLP module, relative to a block
     final_norm: str
     unembed: str
+    qkv: tuple = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")  # relative to a block
+    # how q, k and v sit in those modules' outputs: "separate" (one module each), "thirds"
+    # (one fused output: all q, then all k, then all v), "per_head" (fused, per head q|k|v)
+    qkv_layout: str = "separate"
 
 
 _LLAMA_LIKE = dict(attn="self_attn", attn_out="self_attn.o_proj", mlp="mlp",
@@ -29,9 +33,10 @@ _LLAMA_LIKE = dict(attn="self_attn", attn_out="self_attn.o_proj", mlp="mlp",
 
 FAMILIES: dict[str, FamilyPaths] = {
     "gpt2": FamilyPaths("GPT-2", "transformer.h", "attn", "attn.c_proj", "mlp",
-                        "transformer.ln_f", "lm_head"),
+                        "transformer.ln_f", "lm_head", ("attn.c_attn",) * 3, "thirds"),
     "gpt_neox": FamilyPaths("GPT-NeoX (Pythia)", "gpt_neox.layers", "attention",
-                            "attention.dense", "mlp", "gpt_neox.final_layer_norm", "lm_head"),
+                            "attention.dense", "mlp", "gpt_neox.final_layer_norm", "lm_head",
+                            ("attention.query_key_value",) * 3, "per_head"),
     "llama": FamilyPaths("Llama (incl. SmolLM)", **_LLAMA_LIKE),
     "mistral": FamilyPaths("Mistral", **_LLAMA_LIKE),
     "qwen2": FamilyPaths("Qwen2", **_LLAMA_LIKE),
@@ -61,6 +66,9 @@ class ComponentMap:
     attn: list
     attn_out: list
     mlp: list
+    q: list            # the modules whose outputs hold the queries, keys, values (may be one
+    k: list            # fused module for all three: see FamilyPaths.qkv_layout)
+    v: list
     final_norm: torch.nn.Module
     unembed: torch.nn.Module
     n_layers: int
@@ -73,8 +81,10 @@ class ComponentMap:
 
     def module_path(self, component, layer: int) -> str:
         """The dotted path of a component's module (a sites.Component; None: the block)."""
+        q, k, v = self.paths.qkv
         rel = {"blocks": None, "attn": self.paths.attn, "mlp": self.paths.mlp,
-               "attn_out": self.paths.attn_out}[component.modules if component else "blocks"]
+               "attn_out": self.paths.attn_out, "q": q, "k": k, "v": v}[
+            component.modules if component else "blocks"]
         base = f"{self.paths.blocks}.{layer}"
         return base if rel is None else f"{base}.{rel}"
 
@@ -109,6 +119,9 @@ def resolve_components(hf_model: torch.nn.Module) -> ComponentMap:
         attn=[get_module(b, paths.attn) for b in blocks],
         attn_out=attn_out,
         mlp=[get_module(b, paths.mlp) for b in blocks],
+        q=[get_module(b, paths.qkv[0]) for b in blocks],
+        k=[get_module(b, paths.qkv[1]) for b in blocks],
+        v=[get_module(b, paths.qkv[2]) for b in blocks],
         final_norm=get_module(hf_model, paths.final_norm),
         # transformers knows its own unembedding (NeoX renamed embed_out -> lm_head in v5)
         unembed=hf_model.get_output_embeddings(),

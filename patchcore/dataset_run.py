@@ -63,7 +63,7 @@ def plan_dataset(model: LoadedModel, pairs, sweep: str = "layer_pos", directions
     spec = get_sweep(sweep)
     ds = for_sweep(_as_dataset(pairs, model), spec.per_position, model.tokenizer, length)
     c = model.components
-    patches = sum(int(np.prod(spec.shape(c.n_layers, it.n_tokens or 1, c.n_heads))) for it in ds.items)
+    patches = sum(int(np.prod(spec.dims(c, it.n_tokens or 1))) for it in ds.items)
     return {"pairs": len(ds), "patches": patches * directions, "notes": list(ds.notes)}
 
 
@@ -141,7 +141,7 @@ def _run(model, pairs, sweep, directions, metric, *, progress, cancel, on_wait, 
     by_role = spec.per_position and ds.role_aligned
     if spec.per_position and not by_role and len({p.n_tokens for p in prepared}) > 1:
         raise SweepError("Per-position sweeps need pairs of equal token length.")  # for_sweep prevents this
-    sizes = [int(np.prod(spec.shape(c.n_layers, p.n_tokens, c.n_heads))) for p in prepared]
+    sizes = [int(np.prod(spec.dims(c, p.n_tokens))) for p in prepared]
     total = sum(sizes) * len(directions)
     if total > MAX_DATASET_PATCHES:
         raise SweepError(f"This dataset run needs {total:,} patches, over the limit of "

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .ablations import DEFAULT_DRAWS, RefSet, get_ablation, ioi_reference, replacement
 from .backends.base import Backend, Batch, sweep_batch
 from .backends.hooks import HookBackend
 from .errors import Cancelled, SweepError
@@ -65,7 +66,7 @@ def plan(model: LoadedModel, n_tokens: int, sweep: str, first_diff: int = 0) -> 
     already there, so run_sweep knows their value without a forward (see unchanged_cells)."""
     spec = get_sweep(sweep)
     c = model.components
-    cells = spec.cells(c.n_layers, n_tokens, c.n_heads)
+    cells = spec.grid(c, n_tokens)
     n = len(cells)
     skipped = int(before_first_diff(cells, first_diff).sum())
     bs = batch_rows(model, n_tokens)
@@ -95,18 +96,15 @@ def run_baseline(model: LoadedModel, pair: PromptPair | PreparedPair, metric: st
                     cache)
 
 
-def unchanged_cells(cache: list, cells: np.ndarray, component: Component, n_heads: int) -> np.ndarray:
+def unchanged_cells(cache: list, cells: np.ndarray, component: Component, components) -> np.ndarray:
     """Cells whose patch writes exactly the value already there (bit for bit).
 
     Such a patched forward IS the unpatched run of the target prompt, so its metric is known
     without running it. With causal attention this covers every position before the first
     token where the prompts differ (9 of 16 positions of the IOI demo)."""
-    clean = torch.stack([a[0] for a in cache])      # (L, T, D)
+    clean = torch.stack([a[0] for a in cache])      # (L, T, W); patterns (L, H, T, T)
     corrupted = torch.stack([a[1] for a in cache])
-    same = clean == corrupted
-    L, T, D = same.shape
-    h = n_heads if component.per_head else 1
-    eq = same.reshape(L, T, h, D // h).all(-1).cpu().numpy()  # (L, T, H)
+    eq = component.heads_view(clean == corrupted, components).all(-1).cpu().numpy()  # (L, T, H)
     layer, pos, head = cells[:, 0], cells[:, 1], cells[:, 2]
     # -1 means "all": those cells read the .all() views; the clipped index only keeps them in range
     p, hh = np.maximum(pos, 0), np.clip(head, 0, eq.shape[2] - 1)
@@ -157,63 +155,82 @@ def run_batch(model: LoadedModel, batch: Batch, backend: Backend, batch_size: in
 
 
 def run_cells(model: LoadedModel, prepared: PreparedPair, spec: SweepSpec, direction: str,
-              metric: str, cells: np.ndarray, *, batch_size: int | None = None, progress=None,
-              cancel=None, on_wait=None, skip_lower: bool = True, skip_unchanged: bool = True,
+              metric: str, cells: np.ndarray, *, ablation: str = "corrupted",
+              reference: RefSet | None = None, draws: int = DEFAULT_DRAWS, seed: int = 0,
+              batch_size: int | None = None, progress=None, cancel=None, on_wait=None,
+              skip_lower: bool = True, skip_unchanged: bool = True,
               backend: Backend | None = None) -> tuple[np.ndarray, Baseline, dict]:
     """Exact values of the given cells (layer, position, head; -1 = all) of a sweep.
 
-    Returns (values per cell, the baseline, facts: forward rows, batch size, cells skipped).
-    skip_unchanged: cells whose patch would write the value already there are not run (their
-    value is the unpatched target run's metric); False runs every cell (for tests)."""
+    Returns (values per cell, the baseline, facts: forward rows, batch size, cells skipped,
+    the reference note). skip_unchanged: cells whose patch would write the value already
+    there are not run (their value is the unpatched target run's metric); False runs every
+    cell (for tests). With the resample ablation each cell runs `draws` times, averaged."""
     d = get_direction(direction)
     backend = make_backend(model, backend)
     bs = batch_size or batch_rows(model, prepared.n_tokens)
     base = run_baseline(model, prepared, metric, spec.component, cancel, on_wait, backend)
-    source = [act[d.source_row] for act in base.cache]
-    base_ids = torch.tensor(d.pick(prepared.clean_ids, prepared.corrupted_ids)[1])
+    source_ids, target_ids = d.pick(prepared.clean_ids, prepared.corrupted_ids)
+    own = [act[d.source_row:d.source_row + 1] for act in base.cache]
+    tables, rows, note = replacement(ablation, spec.component, model, backend, own, [source_ids],
+                                     reference, draws, seed)
     out = np.empty(len(cells), dtype=np.float64)
     todo = np.arange(len(cells))
-    if skip_unchanged and base.cache is not None:
-        same = unchanged_cells(base.cache, cells, spec.component, model.components.n_heads)
+    if skip_unchanged and base.cache is not None and get_ablation(ablation).from_source:
+        same = unchanged_cells(base.cache, cells, spec.component, model.components)
         out[same] = d.target_metric(base.clean_metric, base.corrupted_metric)
         todo = todo[~same]
     skipped = len(cells) - len(todo)
     if progress:
         progress(skipped, len(cells))
-    batch = sweep_batch(base_ids, spec.component, cells[todo], source, prepared.answer_id,
-                        prepared.wrong_id, skip_lower)
-    got, bs = run_batch(model, batch, backend, bs, progress=progress, cancel=cancel, on_wait=on_wait,
-                        done_before=skipped, total=len(cells))
-    out[todo] = from_readout(metric, got)
-    return out, base, {"forward_rows": len(todo) + 2, "batch_size": bs, "skipped": skipped}
+    k = rows.shape[1]
+    batch = sweep_batch(torch.tensor(target_ids), spec.component, np.repeat(cells[todo], k, axis=0),
+                        tables, prepared.answer_id, prepared.wrong_id, skip_lower,
+                        src=np.tile(rows[0], len(todo)))
+    scale = (lambda done, total: progress(skipped + (done - skipped) // k, len(cells))) if progress else None
+    got, bs = run_batch(model, batch, backend, bs, progress=scale, cancel=cancel, on_wait=on_wait,
+                        done_before=skipped, total=skipped + batch.n)
+    out[todo] = from_readout(metric, got).reshape(len(todo), k).mean(1)
+    return out, base, {"forward_rows": batch.n + 2, "batch_size": bs, "skipped": skipped,
+                       "reference": note or ""}
 
 
 def run_sweep(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = "layer_pos",
               direction: str = "denoise", metric: str = "logit_diff", *,
               batch_size: int | None = None, progress=None, cancel=None, on_wait=None,
               skip_lower: bool = True, skip_unchanged: bool = True, max_patches: int | None = None,
+              ablation: str = "corrupted", reference: RefSet | None = None,
+              draws: int = DEFAULT_DRAWS, seed: int = 0,
               backend: Backend | None = None) -> PatchResult:
-    """Run one sweep. progress(done, total) and cancel() -> bool are called between batches."""
+    """Run one sweep. progress(done, total) and cancel() -> bool are called between batches.
+
+    ablation: what each patch writes (ablations.ABLATIONS); mean and resample draw from
+    `reference` (mean: the generated IOI set when none is given)."""
     spec = get_sweep(sweep)
     get_direction(direction)
     check_metric(metric)
     c = model.components
     prepared = pair if isinstance(pair, PreparedPair) else prepare_pair(model.tokenizer, pair)
     n_tok = prepared.n_tokens
-    cells = spec.cells(c.n_layers, n_tok, c.n_heads)
+    cells = spec.grid(c, n_tok)
     limit = max_patches or MAX_PATCHES
     if len(cells) > limit:
         raise SweepError(f"This sweep needs {len(cells):,} patches, over the limit of {limit:,}. "
                          f"Choose a coarser sweep (e.g. 'head' instead of 'head_pos') or a shorter prompt.",
                          field="sweep")
+    ab = get_ablation(ablation)
+    if reference is None and ab.name == "mean":
+        reference = ioi_reference(model.tokenizer)
     backend = make_backend(model, backend)
     t0 = time.perf_counter()
     values, base, facts = run_cells(model, prepared, spec, direction, metric, cells,
+                                    ablation=ablation, reference=reference, draws=draws, seed=seed,
                                     batch_size=batch_size, progress=progress, cancel=cancel,
                                     on_wait=on_wait, skip_lower=skip_lower,
                                     skip_unchanged=skip_unchanged, backend=backend)
-    return new_result(model, spec, direction, metric, values.reshape(spec.shape(c.n_layers, n_tok, c.n_heads)),
+    return new_result(model, spec, direction, metric, values.reshape(spec.dims(c, n_tok)),
                       base.clean_metric, base.corrupted_metric, prepared=prepared,
                       seconds=time.perf_counter() - t0, forward_rows=facts["forward_rows"],
                       batch_size=facts["batch_size"], backend=backend.name,
-                      clean_top=base.clean_top, corrupted_top=base.corrupted_top)
+                      clean_top=base.clean_top, corrupted_top=base.corrupted_top,
+                      ablation=ab.name, reference=facts["reference"])

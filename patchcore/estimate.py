@@ -108,7 +108,7 @@ def forward_work(model: LoadedModel, n_tokens: int, sweep: str, batch_size: int 
     spec = get_sweep(sweep)
     c = model.components
     T, L = n_tokens, c.n_layers
-    cells = spec.cells(L, T, c.n_heads)
+    cells = spec.grid(c, T)
     cells = cells[~before_first_diff(cells, first_diff)]
     backend = HookBackend(model)
     cm = backend.cost

@@ -43,6 +43,8 @@ class PatchResult:
     device: str = "cpu"
     dtype: str = "float32"
     method: str = "exact"      # exact patching, or 'atp' (attribution estimate)
+    ablation: str = "corrupted"  # what the patches wrote (ablations.ABLATIONS)
+    reference: str = ""        # the reference set of a mean or resample ablation, in words
     backend: str = "local"     # local hooks, nnsight, or remote (NDIF)
     clean_top: list = field(default_factory=list)
     corrupted_top: list = field(default_factory=list)
@@ -80,6 +82,8 @@ class PatchResult:
             "direction": self.direction,
             "metric": self.metric,
             "method": self.method,
+            "ablation": self.ablation,
+            "reference": self.reference,
             "backend": self.backend,
             "tokens": list(self.tokens),
             "clean_metric": self.clean_metric,
@@ -114,6 +118,7 @@ class PatchResult:
             seconds=d.get("seconds", 0.0), forward_rows=d.get("forward_rows", 0),
             batch_size=d.get("batch_size", 0), device=d.get("device", "cpu"),
             dtype=d.get("dtype", "float32"), method=d.get("method", "exact"), backend=d.get("backend", "local"),
+            ablation=d.get("ablation", "corrupted"), reference=d.get("reference", ""),
             clean_top=[tuple(t) for t in d.get("clean_top", [])],
             corrupted_top=[tuple(t) for t in d.get("corrupted_top", [])],
             diff_positions=list(d.get("diff_positions", [])),
@@ -248,12 +253,115 @@ class BothResult:
 
 
 def result_from_json(d: dict):
-    """PatchResult, DatasetResult or BothResult from its JSON."""
+    """PatchResult, DatasetResult, BothResult or PatchSetResult from its JSON."""
     if d.get("kind") == "both":
         return BothResult.from_json(d)
+    if d.get("kind") == "patch":
+        return PatchSetResult.from_json(d)
     if "n_pairs" in d and "per_pair" in d:
         return DatasetResult.from_json(d)
     return PatchResult.from_json(d)
+
+
+def stamp(model) -> dict:
+    """Where and when a result was made: device, dtype, creation time."""
+    return dict(device=str(model.device), dtype=str(model.dtype).replace("torch.", ""),
+                created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+@dataclass
+class PatchSetResult:
+    """Sites patched together (interventions.run_patch): one number per pair, and their mean."""
+    model: str
+    sites: list                 # as given, in site notation
+    complement: bool            # True: every site of those kinds except the listed ones
+    n_sites: int                # sites actually patched (the complement's size when complement)
+    direction: str
+    ablation: str
+    metric: str
+    value: float                # raw metric, mean over pairs
+    clean_metric: float
+    corrupted_metric: float
+    n_pairs: int
+    per_pair: np.ndarray
+    pair_clean: np.ndarray
+    pair_corrupted: np.ndarray
+    ci_low: float
+    ci_high: float
+    normalized_low: float
+    normalized_high: float
+    level: float = DEFAULT_LEVEL
+    reference: str = ""
+    draws: list = field(default_factory=list)   # resample: per pair, the pairs drawn from
+    pairs: list = field(default_factory=list)
+    seconds: float = 0.0
+    forward_rows: int = 0
+    backend: str = "local"
+    device: str = "cpu"
+    dtype: str = "float32"
+    warnings: list = field(default_factory=list)
+    created: str = ""
+    kind = "patch"
+
+    @property
+    def values(self) -> np.ndarray:
+        return np.asarray(self.per_pair, dtype=float)
+
+    @property
+    def normalized(self) -> float:
+        return float(normalize(np.array([self.value]), self.clean_metric, self.corrupted_metric)[0])
+
+    @property
+    def pair_normalized(self) -> np.ndarray:
+        return per_pair_normalized(self.per_pair, self.pair_clean, self.pair_corrupted)
+
+    def to_json(self) -> dict:
+        num = lambda x: None if x is None or not math.isfinite(x) else float(x)  # noqa: E731
+        d = {"kind": "patch", "model": self.model, "sites": list(self.sites),
+             "complement": self.complement, "n_sites": self.n_sites, "direction": self.direction,
+             "ablation": self.ablation, "metric": self.metric, "value": num(self.value),
+             "normalized": num(self.normalized), "clean_metric": num(self.clean_metric),
+             "corrupted_metric": num(self.corrupted_metric), "n_pairs": self.n_pairs,
+             "reference": self.reference, "seconds": self.seconds, "forward_rows": self.forward_rows,
+             "backend": self.backend, "device": self.device, "dtype": self.dtype,
+             "warnings": list(self.warnings), "created": self.created}
+        if self.n_pairs > 1:
+            d.update({"per_pair": to_nested(self.per_pair),
+                      "per_pair_normalized": to_nested(self.pair_normalized),
+                      "pair_clean": to_nested(self.pair_clean),
+                      "pair_corrupted": to_nested(self.pair_corrupted),
+                      "ci_low": num(self.ci_low), "ci_high": num(self.ci_high),
+                      "normalized_low": num(self.normalized_low),
+                      "normalized_high": num(self.normalized_high), "ci_level": self.level,
+                      "pairs": list(self.pairs)})
+            if any(self.draws):
+                d["draws"] = [list(x) for x in self.draws]
+        else:
+            d["pair"] = self.pairs[0] if self.pairs else None
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "PatchSetResult":
+        arr = lambda k, v: np.array(nan_nested(d.get(k, [v])), dtype=float)  # noqa: E731
+        nan = lambda k: np.nan if d.get(k) is None else float(d[k])  # noqa: E731
+        value = nan("value")
+        return cls(model=d["model"], sites=list(d["sites"]), complement=bool(d.get("complement")),
+                   n_sites=int(d.get("n_sites", len(d["sites"]))), direction=d["direction"],
+                   ablation=d.get("ablation", "corrupted"), metric=d["metric"], value=value,
+                   clean_metric=nan("clean_metric"), corrupted_metric=nan("corrupted_metric"),
+                   n_pairs=int(d.get("n_pairs", 1)), per_pair=arr("per_pair", value),
+                   pair_clean=arr("pair_clean", d.get("clean_metric")),
+                   pair_corrupted=arr("pair_corrupted", d.get("corrupted_metric")),
+                   ci_low=nan("ci_low") if "ci_low" in d else value,
+                   ci_high=nan("ci_high") if "ci_high" in d else value,
+                   normalized_low=nan("normalized_low"), normalized_high=nan("normalized_high"),
+                   level=float(d.get("ci_level", DEFAULT_LEVEL)), reference=d.get("reference", ""),
+                   draws=[list(x) for x in d.get("draws", [])],
+                   pairs=list(d.get("pairs") or ([d["pair"]] if d.get("pair") else [])),
+                   seconds=float(d.get("seconds", 0.0)), forward_rows=int(d.get("forward_rows", 0)),
+                   backend=d.get("backend", "local"), device=d.get("device", "cpu"),
+                   dtype=d.get("dtype", "float32"), warnings=list(d.get("warnings", [])),
+                   created=d.get("created", ""))
 
 
 def new_result(model, spec, direction: str, metric: str, values, clean: float, corrupted: float, *,
@@ -263,9 +371,7 @@ def new_result(model, spec, direction: str, metric: str, values, clean: float, c
     c = model.components
     base = dict(model=model.label, sweep=spec.name, direction=direction, metric=metric,
                 axes=spec.axes, values=values, clean_metric=clean, corrupted_metric=corrupted,
-                n_layers=c.n_layers, n_heads=c.n_heads, device=str(model.device),
-                dtype=str(model.dtype).replace("torch.", ""),
-                created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+                n_layers=c.n_layers, n_heads=c.n_heads, **stamp(model))
     if prepared is not None:
         base.update(tokens=prepared.clean_tokens, pair=prepared.pair,
                     diff_positions=prepared.diff_positions)

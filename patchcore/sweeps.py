@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import SweepError
-from .sites import COMPONENTS, DIRECTIONS, Component, get_direction  # noqa: F401 (re-exported)
+from .sites import COMPONENTS, DIRECTIONS, Component, get_direction, lookup  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
@@ -21,12 +21,17 @@ class SweepSpec:
     hint: str = ""        # how to read it (the summary's last sentence)
 
     @property
+    def head_axis(self) -> str:
+        """'kv_head' where HEAD counts key/value heads (k, v), else 'head'."""
+        return "kv_head" if self.component.heads == "kv" else "head"
+
+    @property
     def axes(self) -> tuple[str, ...]:
         return ("layer",) + (("position",) if self.per_position else ()) + \
-            (("head",) if self.per_head else ())
+            ((self.head_axis,) if self.per_head else ())
 
     def shape(self, n_layers: int, n_positions: int, n_heads: int) -> tuple[int, ...]:
-        sizes = {"layer": n_layers, "position": n_positions, "head": n_heads}
+        sizes = {"layer": n_layers, "position": n_positions, "head": n_heads, "kv_head": n_heads}
         return tuple(sizes[a] for a in self.axes)
 
     def cells(self, n_layers: int, n_positions: int, n_heads: int) -> np.ndarray:
@@ -35,44 +40,68 @@ class SweepSpec:
         grid = np.indices(shape).reshape(len(shape), -1).T
         out = np.full((grid.shape[0], 3), -1, dtype=np.int64)
         for j, axis in enumerate(self.axes):
-            out[:, ("layer", "position", "head").index(axis)] = grid[:, j]
+            out[:, ("layer", "position", self.head_axis).index(axis)] = grid[:, j]
         return out
 
+    def dims(self, components, n_tokens: int) -> tuple[int, ...]:
+        """The result's shape on this model (heads counted as the component counts them)."""
+        return self.shape(components.n_layers, n_tokens, self.component.n_heads(components))
 
-_R, _A, _M, _H = (COMPONENTS[n] for n in ("resid", "attn", "mlp", "head"))
+    def grid(self, components, n_tokens: int) -> np.ndarray:
+        """Every cell of the sweep on this model, as `cells`."""
+        return self.cells(components.n_layers, n_tokens, self.component.n_heads(components))
+
+
+def _sweep(name, component, per_position, per_head, title, help, **kw) -> SweepSpec:
+    return SweepSpec(name, COMPONENTS[component], per_position, per_head, title, help, **kw)
+
+
+_KV = ("Models with grouped-query attention have fewer key/value heads than query heads; each "
+       "key/value head is shared by a group of query heads (the result lists them).")
 
 SWEEPS: dict[str, SweepSpec] = {s.name: s for s in [
-    SweepSpec("layer", _R, False, False, "Residual stream, whole layer",
-              "Patches the residual stream (the block's output) at every position of one layer. "
-              "This always restores everything after that layer, so it is close to 1.0 everywhere "
-              "in denoising; use layer × position to see where the information sits.",
-              caveat="Patching the whole residual stream at one layer restores everything after "
-                     "it, so values near 1 at every layer are expected here and say little. "
-                     "Use “Residual stream, layer × position” to see where the information sits."),
-    SweepSpec("layer_pos", _R, True, False, "Residual stream, layer × position",
-              "Patches the residual stream at one layer and one token position.",
-              hint="Residual-stream patches carry everything computed so far at that position; a "
-                   "band that moves from one position to a later one shows information being "
-                   "moved by attention."),
-    SweepSpec("attn_pos", _A, True, False, "Attention output, layer × position",
-              "Patches the output of one layer's attention at one position, before it is added "
-              "to the residual stream."),
-    SweepSpec("mlp_pos", _M, True, False, "MLP output, layer × position",
-              "Patches the output of one layer's MLP at one position, before it is added to the "
-              "residual stream."),
-    SweepSpec("head", _H, False, True, "Attention heads, layer × head",
-              "Patches one attention head's output (its slice of the input of the attention "
-              "output projection) at every position."),
-    SweepSpec("head_pos", _H, True, True, "Attention heads, layer × position × head",
-              "Patches one attention head's output at one position."),
+    _sweep("layer", "resid", False, False, "Residual stream, whole layer",
+           "Patches the residual stream (the block's output) at every position of one layer. "
+           "This always restores everything after that layer, so it is close to 1.0 everywhere "
+           "in denoising; use layer × position to see where the information sits.",
+           caveat="Patching the whole residual stream at one layer restores everything after "
+                  "it, so values near 1 at every layer are expected here and say little. "
+                  "Use “Residual stream, layer × position” to see where the information sits."),
+    _sweep("layer_pos", "resid", True, False, "Residual stream, layer × position",
+           "Patches the residual stream at one layer and one token position.",
+           hint="Residual-stream patches carry everything computed so far at that position; a "
+                "band that moves from one position to a later one shows information being "
+                "moved by attention."),
+    _sweep("attn_pos", "attn", True, False, "Attention output, layer × position",
+           "Patches the output of one layer's attention at one position, before it is added "
+           "to the residual stream."),
+    _sweep("mlp_pos", "mlp", True, False, "MLP output, layer × position",
+           "Patches the output of one layer's MLP at one position, before it is added to the "
+           "residual stream."),
+    _sweep("head", "head", False, True, "Attention heads, layer × head",
+           "Patches one attention head's output (its slice of the input of the attention "
+           "output projection) at every position."),
+    _sweep("head_pos", "head", True, True, "Attention heads, layer × position × head",
+           "Patches one attention head's output at one position."),
+    _sweep("head_q", "q", False, True, "Head queries, layer × head",
+           "Patches one head's queries (its slice of the query projection's output) at every "
+           "position: what the head looks for."),
+    _sweep("head_k", "k", False, True, "Head keys, layer × key/value head",
+           "Patches one key/value head's keys (its slice of the key projection's output) at "
+           "every position: what each position offers to be found by. " + _KV),
+    _sweep("head_v", "v", False, True, "Head values, layer × key/value head",
+           "Patches one key/value head's values (its slice of the value projection's output) "
+           "at every position: what the head moves once it attends. " + _KV),
+    _sweep("head_pattern", "pattern", False, True, "Attention patterns, layer × head",
+           "Patches one head's attention pattern (its attention probabilities, every query "
+           "position) with the other run's: does it matter where the head looks?",
+           hint="A pattern patch changes only where a head looks, not what it reads there; "
+                "compare with the head's value sweep to tell the two apart."),
 ]}
 
+
 def get_sweep(name: str) -> SweepSpec:
-    try:
-        return SWEEPS[name]
-    except KeyError:
-        raise SweepError(f"Unknown sweep '{name}'. Choose one of: {', '.join(SWEEPS)}.",
-                         field="sweep") from None
+    return lookup(SWEEPS, name, "sweep", "sweep")
 
 
 def check_direction(direction: str) -> str:

@@ -94,14 +94,21 @@ class Batch:
 
 
 def sweep_batch(ids: torch.Tensor, component: Component, cells: np.ndarray, source: list,
-                answer: int, wrong: int, skip_lower: bool = True) -> Batch:
-    """One row per cell (layer, position, head; -1 = all) of a sweep over one base prompt,
-    each writing the source run's activation (source: per layer (T, W); None: only to plan)."""
+                answer: int, wrong: int, skip_lower: bool = True, src=None) -> Batch:
+    """One row per cell (layer, position, head; -1 = all) of a sweep over one base prompt.
+
+    Without `src`, each row writes the source run's activation (source: per layer (T, W);
+    None: only to plan). With `src` (one index per cell), source holds per layer (S, T, W)
+    tables and row i writes table row src[i]."""
     cells = np.asarray(cells, dtype=np.int64).reshape(-1, 3)
     n = len(cells)
-    table = [None if s is None else s.unsqueeze(0) for s in source]
+    if src is None:
+        table = [None if s is None else s.unsqueeze(0) for s in source]
+        src = np.zeros(n, dtype=np.int64)
+    else:
+        table = source
     w = Writes(component, np.arange(n), cells[:, 0], cells[:, 1], cells[:, 2],
-               np.zeros(n, dtype=np.int64), table)
+               np.asarray(src, dtype=np.int64), table)
     return Batch(ids.view(1, -1), np.zeros(n, dtype=np.int64), [w], np.full(n, answer),
                  np.full(n, wrong), skip_lower)
 
@@ -118,6 +125,14 @@ class Backend(ABC):
     @abstractmethod
     def run(self, batch: Batch) -> torch.Tensor:
         """Patched forwards of a batch: readout (n, 3) float32, in the batch's row order."""
+
+    def capture(self, ids: torch.Tensor, components: list):
+        """Unpatched forward(s) recording several components: (last logits, {name: per layer})."""
+        logits, acts = None, {}
+        for comp in components:
+            got, acts[comp.name] = self.baseline(ids, comp)
+            logits = got if logits is None else logits
+        return logits, acts
 
     def order(self, batch: Batch) -> np.ndarray | None:
         """A permutation of the rows to run them in (None: as given)."""

@@ -37,6 +37,7 @@ from contextlib import ExitStack
 import numpy as np
 import torch
 
+from ..attention import pattern_hooks
 from ..models import LoadedModel
 from ..planner import CALIBRATED_COSTS, CostModel, Group, cost_model, plan_groups
 from ..sites import Component
@@ -68,7 +69,8 @@ def _set_hidden(args, kwargs, new):
 
 def apply_writes(x: torch.Tensor, component: Component, components, groups, offset: int = 0,
                  copy_x: bool = True) -> torch.Tensor:
-    """x (B, t, W) with the writes of one module applied, positions offset.. (cached prefix).
+    """x (B, t, W) with the writes of one module applied, positions offset.. (cached prefix);
+    patterns: x (B, heads, t, T).
 
     groups: [(all_pos, all_head, rows, pos, heads, src, table)], index tensors of equal
     length; table (S, T, W) holds the values (row src[j] of it goes into row rows[j])."""
@@ -76,7 +78,7 @@ def apply_writes(x: torch.Tensor, component: Component, components, groups, offs
         x = x.clone(memory_format=torch.contiguous_format)
     x4 = component.heads_view(x, components)
     for all_pos, all_head, rows, pos, heads, src, table in groups:
-        s4 = component.heads_view(table[:, offset:].to(device=x.device, dtype=x.dtype), components)
+        s4 = component.heads_view(table.to(device=x.device, dtype=x.dtype), components)[:, offset:]
         rows, src = rows.to(x.device), src.to(x.device)
         if all_pos:
             if all_head:
@@ -164,20 +166,35 @@ class HookBackend(Backend):
     # -- baseline ------------------------------------------------------------
     def baseline(self, ids: torch.Tensor, component: Component):
         """Unpatched forward of several prompts; returns (last logits, per-layer activations)."""
-        cache: list = [None] * self.c.n_layers
+        logits, acts = self.capture(ids, [component])
+        return logits, acts[component.name]
+
+    def capture(self, ids: torch.Tensor, components: list):
+        """One unpatched forward recording every given component: (last logits, {name: per layer})."""
+        L = self.c.n_layers
+        acts = {comp.name: [None] * L for comp in components}
         with ExitStack() as stack:
-            for layer in range(self.c.n_layers):
-                mod = component.module(self.c, layer)
-                if component.hook == "input":
-                    def pre(m, args, layer=layer):
-                        cache[layer] = args[0].detach().clone()
-                    stack.enter_context(mod.register_forward_pre_hook(pre))
-                else:
-                    def post(m, args, output, layer=layer):
-                        cache[layer] = _first(output).detach().clone()
-                    stack.enter_context(mod.register_forward_hook(post))
+            for comp in components:
+                cache = acts[comp.name]
+                if comp.hook == "pattern":
+                    def keep(p, layer, cache=cache):
+                        cache[layer] = p.detach().clone()
+                        return p
+                    stack.enter_context(pattern_hooks(self.hf, self.c.attn, {
+                        layer: (lambda p, layer=layer, keep=keep: keep(p, layer)) for layer in range(L)}))
+                    continue
+                for layer in range(L):
+                    mod = comp.module(self.c, layer)
+                    if comp.hook == "input":
+                        def pre(m, args, layer=layer, cache=cache):
+                            cache[layer] = args[0].detach().clone()
+                        stack.enter_context(mod.register_forward_pre_hook(pre))
+                    else:
+                        def post(m, args, output, layer=layer, cache=cache):
+                            cache[layer] = _first(output).detach().clone()
+                        stack.enter_context(mod.register_forward_hook(post))
             logits = self._forward(ids)
-        return logits, cache
+        return logits, acts
 
     # -- what this model supports ------------------------------------------------
     def _base_run(self, ids: torch.Tensor):
@@ -333,17 +350,11 @@ class HookBackend(Backend):
     def run(self, batch: Batch) -> torch.Tensor:
         """Patched forwards, one batch row per row; readout (n, 3) in the batch's order."""
         n = batch.n
-        if not self._fast(batch):
+        # the shortcuts serve one base prompt per forward: rows of several prompts run plain,
+        # all in one forward
+        if not self._fast(batch) or len(np.unique(batch.prompt)) > 1:
             self.last_groups = [Group(np.arange(n), 0, 0)]
             return self._readout(self._run(batch, None, 0), batch)
-        if len(np.unique(batch.prompt)) > 1:   # the shortcuts serve one base prompt per forward
-            out = torch.empty((n, 3), dtype=torch.float32)
-            for p in np.unique(batch.prompt):
-                rows = np.nonzero(batch.prompt == p)[0]
-                sub = batch.subset(rows)
-                sub.ids, sub.prompt = batch.ids[int(p)].view(1, -1), np.zeros(len(rows), dtype=np.int64)
-                out[torch.as_tensor(rows)] = self.run(sub).cpu()
-            return out
         groups = self.plan(batch)
         self.last_groups = groups
         late = self.support()["head"]
@@ -366,6 +377,7 @@ class HookBackend(Backend):
 
     def _hooks(self, stack: ExitStack, batch: Batch, fast: bool, p0: int) -> None:
         """Register every write of the batch on its module, vectorised per (layer, kind)."""
+        patterns: dict = {}
         for w in batch.writes:
             comp = w.component
             per_module: dict = {}
@@ -376,7 +388,10 @@ class HookBackend(Backend):
             for layer, groups in per_module.items():
                 def write(x, groups=groups, comp=comp):
                     return apply_writes(x, comp, self.c, groups, p0)
-                if comp.shift and fast:
+                if comp.hook == "pattern":
+                    prev = patterns.get(layer)
+                    patterns[layer] = write if prev is None else (lambda x, a=prev, b=write: b(a(x)))
+                elif comp.shift and fast:
                     # block l's output is the next module's input: write it there, so block l
                     # itself is not run on the batch
                     def pre_kw(m, args, kwargs, write=write):
@@ -391,6 +406,8 @@ class HookBackend(Backend):
                     def post(m, args, output, write=write):
                         return _replace_first(output, write(_first(output)))
                     stack.enter_context(comp.module(self.c, layer).register_forward_hook(post))
+        if patterns:
+            stack.enter_context(pattern_hooks(self.hf, self.c.attn, patterns))
 
     def _run(self, batch: Batch, start, p0, late_head: bool = False) -> torch.Tensor:
         """One forward. start=None: plain (all rows, all layers, all positions).

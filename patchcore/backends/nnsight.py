@@ -103,6 +103,11 @@ class NNsightBackend(Backend):
                 pass
 
     def _envoy(self, component: Component, layer: int):
+        if component.hook == "pattern":
+            raise PatchError("Attention patterns can be patched on local models only: they are "
+                             "computed inside attention, where nnsight (and NDIF) cannot reach. "
+                             "Patch the head's queries or keys instead, or load the model locally.",
+                             field="sweep")
         return self.nn.get(self.c.module_path(component, layer))
 
     def _backend(self):
@@ -198,7 +203,7 @@ class NNsightBackend(Backend):
                          t(w.src), w.table[layer]))
                 for layer in sorted(by_layer):
                     steps.append((layer, self._envoy(w.component, layer), w.component.hook == "input",
-                                  w.component.n_heads(self.c), by_layer[layer]))
+                                  w.component.layout(self.c), by_layer[layer]))
             steps.sort(key=lambda s: s[0])   # modules are reached in layer order
             plans.append((ids, widen, n, torch.as_tensor(chunk.answer), torch.as_tensor(chunk.wrong),
                           [s[1:] for s in steps]))
@@ -218,7 +223,7 @@ class NNsightBackend(Backend):
                         if widen is not None:
                             h = widen.input
                             widen.input = h.expand(n, -1, -1).contiguous()
-                        for mod, is_input, heads_n, groups in steps:
+                        for mod, is_input, (hn, gn, gi, gfirst), groups in steps:
                             if is_input:
                                 out = None
                                 x = mod.input
@@ -228,10 +233,17 @@ class NNsightBackend(Backend):
                             x = x.clone(memory_format=torch.contiguous_format)
                             dev = x.device
                             b, t, d = x.shape
-                            x4 = x.view(b, t, heads_n, d // heads_n)
+                            e = d // (hn * gn)   # split_heads, spelled out for the server
+                            if gfirst:
+                                x4 = x.view(b, t, gn, hn, e)[:, :, gi]
+                            else:
+                                x4 = x.view(b, t, hn, gn, e)[:, :, :, gi]
                             for rows, pos, heads, src, table in groups:
                                 s = table.to(device=dev, dtype=x.dtype)
-                                s4 = s.view(s.shape[0], s.shape[1], heads_n, d // heads_n)
+                                if gfirst:
+                                    s4 = s.view(s.shape[0], s.shape[1], gn, hn, e)[:, :, gi]
+                                else:
+                                    s4 = s.view(s.shape[0], s.shape[1], hn, gn, e)[:, :, :, gi]
                                 r, si = rows.to(dev), src.to(dev)
                                 if pos is None and heads is None:
                                     x4[r] = s4[si]
