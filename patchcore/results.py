@@ -45,6 +45,7 @@ class PatchResult:
     method: str = "exact"      # exact patching, or 'atp' (attribution estimate)
     ablation: str = "corrupted"  # what the patches wrote (ablations.ABLATIONS)
     reference: str = ""        # the reference set of a mean or resample ablation, in words
+    path: dict | None = None   # path patching: {"senders": ..., "receivers": [...]}
     backend: str = "local"     # local hooks, nnsight, or remote (NDIF)
     clean_top: list = field(default_factory=list)
     corrupted_top: list = field(default_factory=list)
@@ -84,6 +85,7 @@ class PatchResult:
             "method": self.method,
             "ablation": self.ablation,
             "reference": self.reference,
+            **({"path": dict(self.path)} if self.path else {}),
             "backend": self.backend,
             "tokens": list(self.tokens),
             "clean_metric": self.clean_metric,
@@ -119,7 +121,7 @@ class PatchResult:
             batch_size=d.get("batch_size", 0), device=d.get("device", "cpu"),
             dtype=d.get("dtype", "float32"), method=d.get("method", "exact"), backend=d.get("backend", "local"),
             ablation=d.get("ablation", "corrupted"), reference=d.get("reference", ""),
-            clean_top=[tuple(t) for t in d.get("clean_top", [])],
+            path=d.get("path"), clean_top=[tuple(t) for t in d.get("clean_top", [])],
             corrupted_top=[tuple(t) for t in d.get("corrupted_top", [])],
             diff_positions=list(d.get("diff_positions", [])),
             warnings=list(d.get("warnings", [])), created=d.get("created", ""),
@@ -292,6 +294,7 @@ class PatchSetResult:
     normalized_high: float
     level: float = DEFAULT_LEVEL
     reference: str = ""
+    receivers: list | None = None               # path patching: sites are the senders
     draws: list = field(default_factory=list)   # resample: per pair, the pairs drawn from
     pairs: list = field(default_factory=list)
     seconds: float = 0.0
@@ -318,6 +321,8 @@ class PatchSetResult:
     def to_json(self) -> dict:
         num = lambda x: None if x is None or not math.isfinite(x) else float(x)  # noqa: E731
         d = {"kind": "patch", "model": self.model, "sites": list(self.sites),
+             **({"senders": list(self.sites), "receivers": list(self.receivers)}
+                if self.receivers is not None else {}),
              "complement": self.complement, "n_sites": self.n_sites, "direction": self.direction,
              "ablation": self.ablation, "metric": self.metric, "value": num(self.value),
              "normalized": num(self.normalized), "clean_metric": num(self.clean_metric),
@@ -356,7 +361,7 @@ class PatchSetResult:
                    ci_high=nan("ci_high") if "ci_high" in d else value,
                    normalized_low=nan("normalized_low"), normalized_high=nan("normalized_high"),
                    level=float(d.get("ci_level", DEFAULT_LEVEL)), reference=d.get("reference", ""),
-                   draws=[list(x) for x in d.get("draws", [])],
+                   draws=[list(x) for x in d.get("draws", [])], receivers=d.get("receivers"),
                    pairs=list(d.get("pairs") or ([d["pair"]] if d.get("pair") else [])),
                    seconds=float(d.get("seconds", 0.0)), forward_rows=int(d.get("forward_rows", 0)),
                    backend=d.get("backend", "local"), device=d.get("device", "cpu"),
@@ -383,7 +388,7 @@ def new_result(model, spec, direction: str, metric: str, values, clean: float, c
 
 def result_warnings(r: PatchResult) -> list[str]:
     w = []
-    if not np.isfinite(r.values).all():
+    if not np.isfinite(r.values).all() and not getattr(r, "path", None):
         w.append("Some patched values are NaN or infinite (numerical overflow); those cells are left blank.")
     if not np.isfinite(normalize(np.zeros(1), r.clean_metric, r.corrupted_metric)).all():
         w.append(f"The clean and corrupted runs give almost the same {r.metric} "

@@ -72,6 +72,12 @@ SWEEPS: dict[str, SweepSpec] = {s.name: s for s in [
            hint="Residual-stream patches carry everything computed so far at that position; a "
                 "band that moves from one position to a later one shows information being "
                 "moved by attention."),
+    _sweep("attn", "attn", False, False, "Attention output, whole layer",
+           "Patches the output of one layer's attention at every position, before it is added to "
+           "the residual stream."),
+    _sweep("mlp", "mlp", False, False, "MLP output, whole layer",
+           "Patches the output of one layer's MLP at every position, before it is added to the "
+           "residual stream."),
     _sweep("attn_pos", "attn", True, False, "Attention output, layer × position",
            "Patches the output of one layer's attention at one position, before it is added "
            "to the residual stream."),

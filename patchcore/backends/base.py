@@ -126,6 +126,12 @@ class Backend(ABC):
     def run(self, batch: Batch) -> torch.Tensor:
         """Patched forwards of a batch: readout (n, 3) float32, in the batch's row order."""
 
+    def record(self, batch: Batch, sites: list):
+        """Patched forwards that also record activations: (readout (n, 3), {(component name,
+        layer): (n, T, W)}) for each (Component, layer) in `sites` (path patching's first step)."""
+        raise NotImplementedError(f"The {self.name} backend cannot record activations during a "
+                                  f"patched run; path patching runs on local models.")
+
     def capture(self, ids: torch.Tensor, components: list):
         """Unpatched forward(s) recording several components: (last logits, {name: per layer})."""
         logits, acts = None, {}

@@ -371,6 +371,24 @@ class HookBackend(Backend):
         # late head: one unembedding for the whole batch (its weights read once, not per forward)
         return self._readout(self._unembed(out) if late else out, batch)
 
+    def record(self, batch: Batch, sites: list):
+        """Plain forward (every row, every layer and position) recording `sites` as it goes."""
+        got: dict = {}
+        with ExitStack() as stack:
+            for comp, layer in sites:
+                mod = comp.module(self.c, layer)
+                key = (comp.name, layer)
+                if comp.hook == "input":
+                    def pre(m, args, key=key):
+                        got[key] = args[0].detach().clone()
+                    stack.enter_context(mod.register_forward_pre_hook(pre))
+                else:
+                    def post(m, args, output, key=key):
+                        got[key] = _first(output).detach().clone()
+                    stack.enter_context(mod.register_forward_hook(post))
+            logits = self._run(batch, None, 0)
+        return self._readout(logits, batch), got
+
     @staticmethod
     def _readout(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return readout(logits, batch.answer, batch.wrong)
