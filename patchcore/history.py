@@ -12,8 +12,10 @@ the database runs in WAL mode, every operation opens its own short
 connection with a busy timeout, and writes take the write lock up front
 (``BEGIN IMMEDIATE``) and retry while another writer holds it.
 
-A run file is imported only after it passed ``check_run_file``, a full check of
-its structure; a bad one gets one line that names the field.
+A history that cannot be written (a read-only file or folder) can still be
+listed, shown and exported: reads fall back to a read-only connection. A run
+file is imported only after it passed ``check_run_file``, a full check of its
+structure; a bad one gets one line that names the field.
 """
 from __future__ import annotations
 
@@ -64,6 +66,20 @@ _LIST_COLS = ("id", "created", "saved", "kind", "source", "title", "model", "swe
 
 class HistoryError(PatchError):
     """The history database cannot be read or written, or an import file is not a run."""
+
+
+class _ReadOnly(HistoryError):
+    """The history exists but cannot be written (reads still work)."""
+
+
+class _CannotCreate(HistoryError):
+    """The history's file or folder cannot be opened for writing or created (reads still work)."""
+
+
+def _is_read_only(exc: sqlite3.Error) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return (name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")) or "readonly" in str(exc)
+            or "unable to open database file" in str(exc))
 
 
 def data_dir() -> Path:
@@ -161,6 +177,7 @@ class History:
         self.path = Path(path).expanduser() if path else default_db_path()
         self.timeout = timeout
         self._ready = False
+        self.read_only = False  # set once a read found the history not writable
 
     # -- connections -----------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -168,8 +185,8 @@ class History:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             con = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
-            raise HistoryError(f"Cannot open the run history at {self.path}: {exc}. Set "
-                               f"PATCHCORE_DATA_DIR to a writable folder.") from None
+            raise _CannotCreate(f"Cannot open the run history at {self.path}: {exc}. Set "
+                                f"PATCHCORE_DATA_DIR to a writable folder.") from None
         con.row_factory = sqlite3.Row
         con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         if not self._ready:
@@ -196,28 +213,70 @@ class History:
             except sqlite3.DatabaseError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     con.close()
+                    if _is_read_only(exc):
+                        raise _ReadOnly(self._read_only_message(exc)) from None
                     raise HistoryError(f"Cannot use the run history at {self.path}: {exc}. Move that "
                                        f"file away (a new history starts), or set PATCHCORE_DATA_DIR.") from None
                 time.sleep(0.05 * (attempt + 1))
         con.close()
         raise HistoryError(f"The run history at {self.path} stayed locked by another program.")
 
+    def _read_only_message(self, exc) -> str:
+        return (f"The run history at {self.path} is read-only ({exc}): its runs can be listed, shown and "
+                f"exported, not changed. Make the file and its folder writable, or set "
+                f"PATCHCORE_HISTORY_DB to another file for new runs.")
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that never writes: for a history whose file or folder is read-only.
+        A history that does not exist (and cannot be created) reads as empty."""
+        if not self.path.exists():
+            con = sqlite3.connect(":memory:", isolation_level=None)
+            con.executescript(_SCHEMA)
+        else:
+            from urllib.parse import quote
+            uri = "file:" + quote(str(self.path.resolve()))
+            try:
+                con = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=self.timeout, isolation_level=None)
+                con.execute("SELECT COUNT(*) FROM runs").fetchone()
+            except sqlite3.DatabaseError:
+                # WAL mode in a read-only folder without its -shm file: read the file as it is
+                con = sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        return con
+
     @contextmanager
-    def _conn(self):
-        con = self._connect()
+    def _conn(self, write: bool = False):
+        if self.read_only and not write:
+            con = self._open_read_only()
+        else:
+            try:
+                con = self._connect()
+            except (_ReadOnly, _CannotCreate):
+                if write:
+                    raise
+                con = self._open_read_only()
+                self.read_only = True
         try:
             yield con
         except sqlite3.DatabaseError as exc:
+            if _is_read_only(exc):
+                raise HistoryError(self._read_only_message(exc)) from None
             raise HistoryError(f"The run history at {self.path} cannot be used: {exc}.") from None
         finally:
             con.close()
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        try:
+            return self._connect_read_only()
+        except sqlite3.DatabaseError as exc:
+            raise HistoryError(f"Cannot read the run history at {self.path}: {exc}.") from None
 
     def _write(self, fn):
         """Run fn(con) inside BEGIN IMMEDIATE ... COMMIT, retrying while the database is busy."""
         deadline = time.monotonic() + self.timeout
         attempt = 0
         while True:
-            with self._conn() as con:
+            with self._conn(write=True) as con:
                 try:
                     con.execute("BEGIN IMMEDIATE")
                 except sqlite3.OperationalError as exc:
@@ -225,6 +284,8 @@ class History:
                         attempt += 1
                         time.sleep(min(0.5, 0.01 * attempt))
                         continue
+                    if _is_read_only(exc):
+                        raise HistoryError(self._read_only_message(exc)) from None
                     raise HistoryError(f"The run history is busy ({exc}); try again.") from None
                 try:
                     out = fn(con)
