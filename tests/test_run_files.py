@@ -245,6 +245,9 @@ def test_runs_import_command_exit_2_one_line(tmp_path):
         assert proc.returncode == 2, (name, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.startswith("patchcore: error:")
+    # /dev/zero: the size limit is checked on what was read, and reading stops there
+    proc = _cli("runs", "import", "/dev/zero", env_db=db)
+    assert proc.returncode == 2 and "over 64 MiB" in proc.stderr, proc.stderr
     assert History(db).count() == 0
     good = tmp_path / "good.json"
     good.write_text(json.dumps(export_of(single_result())))
