@@ -77,7 +77,7 @@ def is_dataset(args) -> bool:
 
 
 def read_pairs_file(path: str) -> bytes:
-    """The bytes of a --pairs file, read and checked as a file (header, text) before the model
+    """The bytes of a --pairs file, read and checked as a file (header, text, rows) before the model
     loads; never more than the upload limit is read (so /dev/zero or a huge file stops at once)."""
     from .datasets import MAX_UPLOAD_BYTES, DatasetError, parse_upload
     try:
@@ -113,8 +113,10 @@ def run_dataset_cli(args, model, progress=None, pairs_data: bytes | None = None)
         for issue in ds.rejected:
             print(f"patchcore: skipped {args.pairs} {issue}", file=sys.stderr)
         if not ds.items:
-            raise DatasetError(f"No usable pair in '{args.pairs}' ({len(ds.rejected)} rows rejected; "
-                               f"see the lines above).")
+            n = len(ds.rejected)
+            why = ("its only row was rejected (the reason is above)" if n == 1 else
+                   f"all {n} rows were rejected (the reasons are above)" if n else "it has no rows")
+            raise DatasetError(f"No usable pair in '{args.pairs}': {why}.")
     return run_dataset(model, ds, args.sweep, args.direction, args.metric, progress=progress,
                        n_boot=args.n_boot, seed=args.seed, batch_size=args.batch_size,
                        length=args.length)

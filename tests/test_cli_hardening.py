@@ -1,4 +1,4 @@
-"""Commands that used to fail after the work or with a traceback (issue 17, points 5 and 6):
+"""Commands that used to fail after the work or with a traceback (issue 17, points 5, 6 and 9):
 bad output paths and bad flags are refused before the model loads, outputs are written all or
 none, and a run is stored only when the command succeeded. Every probe: exit 2, one line on
 stderr, nothing written, nothing stored.
@@ -187,3 +187,28 @@ def test_runs_export_to_a_bad_path_writes_nothing(capsys, tmp_path, db):
     code, _, err = run_main(capsys, "runs", "export", "1", "--out", tmp_path / "r.json")
     assert code == 0 and json.loads((tmp_path / "r.json").read_text())["run"]["id"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history", "r.json"]
+
+
+# ---------------------------------------------------------------- point 9: messages
+def test_header_only_pairs_file_says_so_before_the_model_loads(capsys, tmp_path, db, no_model):
+    f = tmp_path / "pairs.csv"
+    f.write_text("clean,corrupted,answer,wrong\n\n")
+    code, _, err = run_main(capsys, "sweep", "--model", "whatever", "--pairs", f)
+    one_line_error(code, err, "no pairs under it")
+    assert "see the lines above" not in err and "0 rows" not in err
+    assert stored(db) == 0
+
+
+def test_rejected_rows_summary_counts_what_can_run(tokenizer):
+    from patchcore.datasets import parse_upload, rejected_summary
+    good = '"The cat sat on the","The dog sat on the"," mat"," rug"'
+    bad = '"only",two'
+    one_bad = parse_upload("clean,corrupted,answer,wrong\n" + bad + "\n", "p.csv", tokenizer)
+    assert rejected_summary(one_bad) == "The file's only row was rejected, so no pair can run; the reason is below."
+    all_bad = parse_upload("clean,corrupted,answer,wrong\n" + bad + "\na,b\n", "p.csv", tokenizer)
+    assert rejected_summary(all_bad).startswith("All 2 rows of the file were rejected, so no pair can run")
+    mixed = parse_upload("\n".join(["clean,corrupted,answer,wrong", good, bad]), "p.csv", tokenizer)
+    assert rejected_summary(mixed) == "1 row of the file was rejected; the other 1 pair can run."
+    two = parse_upload("\n".join(["clean,corrupted,answer,wrong", good, good.replace("cat", "cow"), bad, bad]),
+                       "p.csv", tokenizer)
+    assert rejected_summary(two) == "2 rows of the file were rejected; the other 2 pairs can run."
