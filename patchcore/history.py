@@ -229,7 +229,11 @@ class History:
     def _connect_read_only(self) -> sqlite3.Connection:
         """A connection that never writes: for a history whose file or folder is read-only.
         A history that does not exist (and cannot be created) reads as empty."""
-        if not self.path.exists():
+        try:
+            exists = self.path.exists()
+        except OSError as exc:  # a folder on the way that cannot be searched
+            raise HistoryError(f"Cannot read the run history at {self.path}: {exc.strerror}.") from None
+        if not exists:
             con = sqlite3.connect(":memory:", isolation_level=None)
             con.executescript(_SCHEMA)
         else:
@@ -619,8 +623,10 @@ def _check_patch_result(d, where: str, dataset: bool) -> None:
     if axes != list(spec.axes):
         _bad(at("axes"), f"must be {list(spec.axes)} for sweep {sweep}, not {axes[:4]}")
     shape = spec.shape(n_layers, len(tokens), n_heads)
-    sizes = {"layer": f"n_layers {n_layers}", "position": f"{len(tokens)} tokens", "head": f"n_heads {n_heads}"}
-    because = f"axes {' × '.join(axes)} with {', '.join(sizes[a] for a in axes)} give {' × '.join(map(str, shape))}"
+    sizes = {"layer": f"n_layers {n_layers}", "position": f"{len(tokens)} tokens",
+             "head": f"n_heads {n_heads}"}
+    because = (f"axes {' × '.join(axes)} with {', '.join(sizes[a] for a in axes)} give "
+               f"{' × '.join(map(str, shape))}")
     _grid(d["values"], at("values"), shape, because)
     if "normalized" in d:
         _grid(d["normalized"], at("normalized"), shape, because)

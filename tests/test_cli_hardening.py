@@ -204,7 +204,8 @@ def test_rejected_rows_summary_counts_what_can_run(tokenizer):
     good = '"The cat sat on the","The dog sat on the"," mat"," rug"'
     bad = '"only",two'
     one_bad = parse_upload("clean,corrupted,answer,wrong\n" + bad + "\n", "p.csv", tokenizer)
-    assert rejected_summary(one_bad) == "The file's only row was rejected, so no pair can run; the reason is below."
+    assert rejected_summary(one_bad) == ("The file's only row was rejected, so no pair can run; "
+                                         "the reason is below.")
     all_bad = parse_upload("clean,corrupted,answer,wrong\n" + bad + "\na,b\n", "p.csv", tokenizer)
     assert rejected_summary(all_bad).startswith("All 2 rows of the file were rejected, so no pair can run")
     mixed = parse_upload("\n".join(["clean,corrupted,answer,wrong", good, bad]), "p.csv", tokenizer)
