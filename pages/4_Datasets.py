@@ -8,7 +8,8 @@ import ui_datasets as uid
 from patchcore import METRICS, SWEEPS
 from patchcore.dataset_run import estimate_dataset_seconds, plan_dataset
 from patchcore.datasets import (CORRUPTIONS, MAX_IOI_PAIRS, MAX_UPLOAD_BYTES, MAX_UPLOAD_PAIRS, ROLE_HELP,
-                                TEMPLATE_SETS, for_sweep, generate_ioi, length_groups, parse_upload)
+                                TEMPLATE_SETS, for_sweep, generate_ioi, length_groups, parse_upload,
+                                rejected_summary)
 
 ui.page("Datasets", ":material/dataset:")
 ss = st.session_state
@@ -99,9 +100,7 @@ with st.expander("Statistics"):
 runnable = None
 if dataset is not None:
     if dataset.rejected:
-        st.warning(f"{len(dataset.rejected)} row{'s' if len(dataset.rejected) != 1 else ''} of the file "
-                   f"{'were' if len(dataset.rejected) != 1 else 'was'} rejected; the other "
-                   f"{len(dataset)} pairs can run.", icon=":material/warning:")
+        st.warning(rejected_summary(dataset), icon=":material/warning:")
         st.dataframe(pd.DataFrame([{"line": r.line, "reason": r.reason} for r in dataset.rejected]),
                      hide_index=True, width="stretch", key="ds_rejected")
     for note in dataset.notes:

@@ -23,41 +23,49 @@ from .errors import PatchError
 
 def add_dataset_args(s) -> None:
     """Flags of `patchcore sweep` for datasets and history."""
+    from .cli import MAX_SEED, int_arg
+    from .datasets import MAX_IOI_PAIRS
+    from .prompts import MAX_PROMPT_TOKENS
     g = s.add_argument_group("datasets (many pairs: means with 95% bootstrap intervals)")
     which = g.add_mutually_exclusive_group()
-    which.add_argument("--ioi", type=int, default=None, metavar="N",
+    which.add_argument("--ioi", type=int_arg(1, MAX_IOI_PAIRS), default=None, metavar="N",
                        help="run N generated IOI pairs instead of one pair")
-    g.add_argument("--seed", type=int, default=0, help="seed of the IOI generator and the bootstrap (default 0)")
+    g.add_argument("--seed", type=int_arg(0, MAX_SEED), default=0,
+                   help="seed of the IOI generator and the bootstrap (default 0)")
     g.add_argument("--corruption", default="swap", choices=["swap", "abc"],
                    help="IOI corruption: swap (S2 becomes the IO name) or abc (three other names)")
     g.add_argument("--templates", default="mixed", choices=["mixed", "baba", "abba"],
                    help="IOI template order (default: mixed BABA and ABBA)")
     which.add_argument("--pairs", default=None, metavar="FILE",
                        help="run the pairs in a CSV or JSONL file (columns clean, corrupted, answer, wrong)")
-    g.add_argument("--length", type=int, default=None, metavar="T",
+    g.add_argument("--length", type=int_arg(1, MAX_PROMPT_TOKENS), default=None, metavar="T",
                    help="with --pairs and a per-position sweep: run the pairs of T tokens "
                         "(default: the largest group of equal length)")
-    g.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    g.add_argument("--n-boot", type=int_arg(100, 100_000), default=1000,
+                   help="bootstrap resamples (default 1000)")
     s.add_argument("--no-history", action="store_true", help="do not store this run in the run history")
 
 
 def add_runs_parser(sub) -> None:
+    from .cli import int_arg, utf8_text
+    run_id = int_arg(1, 2**63 - 1)
     r = sub.add_parser("runs", help="list, show, export, import or delete stored runs")
     rs = r.add_subparsers(dest="runs_command", required=True, parser_class=type(r))
     ls = rs.add_parser("list", help="stored runs, newest first")
-    ls.add_argument("--search", default=None, help="only runs whose title/model/sweep/settings match")
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--search", default=None, type=utf8_text,
+                    help="only runs whose title/model/sweep/settings match")
+    ls.add_argument("--limit", type=int_arg(1, 1_000_000), default=50)
     ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sh = rs.add_parser("show", help="one run: settings, timings and its summary")
-    sh.add_argument("id", type=int)
+    sh.add_argument("id", type=run_id)
     sh.add_argument("--json", action="store_true", help="print the whole stored run as JSON")
     ex = rs.add_parser("export", help="write one run as a JSON file (import it back with `runs import`)")
-    ex.add_argument("id", type=int)
+    ex.add_argument("id", type=run_id)
     ex.add_argument("--out", default=None, metavar="PATH", help="file to write (default: standard output)")
     im = rs.add_parser("import", help="store a run from an exported JSON file")
     im.add_argument("path")
     de = rs.add_parser("delete", help="delete one run")
-    de.add_argument("id", type=int)
+    de.add_argument("id", type=run_id)
     for p in (ls, sh, ex, im, de):
         p.add_argument("--db", default=None, metavar="PATH",
                        help="history database file (default: $PATCHCORE_DATA_DIR/history.sqlite3 "
@@ -68,7 +76,27 @@ def is_dataset(args) -> bool:
     return getattr(args, "ioi", None) is not None or bool(getattr(args, "pairs", None))
 
 
-def run_dataset_cli(args, model, progress=None):
+def read_pairs_file(path: str) -> bytes:
+    """The bytes of a --pairs file, read and checked as a file (header, text, rows) before the model
+    loads; never more than the upload limit is read (so /dev/zero or a huge file stops at once)."""
+    from .datasets import MAX_UPLOAD_BYTES, DatasetError, parse_upload
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_UPLOAD_BYTES + 1)
+    except OSError as exc:
+        raise DatasetError(f"Cannot read the pairs file '{path}': {exc.strerror}.") from None
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise DatasetError(f"The pairs file '{path}' is over the limit of {MAX_UPLOAD_BYTES // 2**20} MiB. "
+                           f"Split it or keep fewer pairs.")
+    parse_upload(data, _display_name(path))  # without a tokenizer: only what the file itself holds
+    return data
+
+
+def _display_name(path: str) -> str:
+    return path.encode("utf-8", "replace").decode("utf-8")  # a file name need not be UTF-8
+
+
+def run_dataset_cli(args, model, progress=None, pairs_data: bytes | None = None):
     """Build the dataset the flags ask for and run it. Returns a DatasetResult."""
     from .dataset_run import run_dataset
     from .datasets import DatasetError, generate_ioi, parse_upload
@@ -79,24 +107,23 @@ def run_dataset_cli(args, model, progress=None):
         ds = generate_ioi(model.tokenizer, args.ioi, seed=args.seed, corruption=args.corruption,
                           templates=args.templates)
     else:
-        try:
-            with open(args.pairs, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise DatasetError(f"Cannot read the pairs file '{args.pairs}': {exc.strerror}.") from None
-        ds = parse_upload(data, args.pairs, model.tokenizer)
+        if pairs_data is None:
+            pairs_data = read_pairs_file(args.pairs)
+        ds = parse_upload(pairs_data, _display_name(args.pairs), model.tokenizer)
         for issue in ds.rejected:
             print(f"patchcore: skipped {args.pairs} {issue}", file=sys.stderr)
         if not ds.items:
-            raise DatasetError(f"No usable pair in '{args.pairs}' ({len(ds.rejected)} rows rejected; "
-                               f"see the lines above).")
+            n = len(ds.rejected)
+            why = ("its only row was rejected (the reason is above)" if n == 1 else
+                   f"all {n} rows were rejected (the reasons are above)" if n else "it has no rows")
+            raise DatasetError(f"No usable pair in '{args.pairs}': {why}.")
     return run_dataset(model, ds, args.sweep, args.direction, args.metric, progress=progress,
                        n_boot=args.n_boot, seed=args.seed, batch_size=args.batch_size,
                        length=args.length)
 
 
 def summary_lines(result) -> list[str]:
-    from .dataset_run import DatasetResult
+    from .results import DatasetResult
     if isinstance(result, DatasetResult):
         from .dataset_summary import dataset_summary
         return dataset_summary(result)
@@ -169,7 +196,7 @@ def cmd_runs(args) -> int:
         print("settings: " + json.dumps(rec.settings))
         print("timings: " + json.dumps(rec.timings))
         res = rec.open()
-        from .dataset_run import BothResult
+        from .results import BothResult
         print()
         if isinstance(res, BothResult):
             from .dataset_summary import quadrant_summary
@@ -181,22 +208,22 @@ def cmd_runs(args) -> int:
             print("\n".join(summary_lines(res)))
         return 0
     if c == "export":
+        from .cli import check_output_path, write_files
+        if args.out is not None:
+            check_output_path("--out", args.out)
         doc = h.export_json(args.id)
         text = json.dumps(doc, indent=1)
-        if args.out:
-            try:
-                with open(args.out, "w", encoding="utf-8") as f:
-                    f.write(text)
-            except OSError as exc:
-                raise PatchError(f"Cannot write '{args.out}': {exc.strerror}.") from None
+        if args.out is not None:
+            write_files([("--out", args.out, lambda f: f.write(text))])
             print(f"patchcore: wrote run {args.id} to {args.out}", file=sys.stderr)
         else:
             print(text)
         return 0
     if c == "import":
+        from .history import MAX_IMPORT_BYTES
         try:
             with open(args.path, "rb") as f:
-                data = f.read()
+                data = f.read(MAX_IMPORT_BYTES + 1)  # the limit is checked on what was read
         except OSError as exc:
             raise PatchError(f"Cannot read '{args.path}': {exc.strerror}.") from None
         run_id = h.import_json(data)

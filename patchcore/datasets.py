@@ -468,11 +468,24 @@ def parse_upload(data: bytes | str, name: str | None = None, tokenizer=None,
             n_tok = prepared.n_tokens
         seen[pair] = line
         items.append(DatasetPair(pair, line=line, n_tokens=n_tok))
+    if not items and not rejected:  # a CSV header and nothing under it
+        raise DatasetError("The file has a header but no pairs under it. Add one row per pair: "
+                           "clean,corrupted,answer,wrong.")
     settings = {"source": "upload", "file": name or "", "format": fmt}
     ds = PairDataset(items, "upload", settings, rejected, [])
     if not items:
         ds.notes.append("No row could be used; see the rejected rows.")
     return ds
+
+
+def rejected_summary(ds: PairDataset) -> str:
+    """One line on an upload's rejected rows and what can still run (shown above their list)."""
+    n, ok = len(ds.rejected), len(ds.items)
+    if not ok:
+        return ("The file's only row was rejected, so no pair can run; the reason is below." if n == 1 else
+                f"All {n} rows of the file were rejected, so no pair can run; the reasons are below.")
+    return (f"{n} row{'s' if n != 1 else ''} of the file {'were' if n != 1 else 'was'} rejected; "
+            f"the other {ok} pair{'s' if ok != 1 else ''} can run.")
 
 
 def _first_line(message: str) -> str:

@@ -34,6 +34,10 @@ class PairError(PatchError):
         super().__init__(first.message, first.field)
 
 
+class HistoryError(PatchError):
+    """The history database cannot be read or written, or an import file is not a run."""
+
+
 class SweepError(PatchError):
     """A sweep request that cannot run as asked."""
 

@@ -11,11 +11,17 @@ Two writers at once (two browser tabs, the dashboard and a terminal) are safe:
 the database runs in WAL mode, every operation opens its own short
 connection with a busy timeout, and writes take the write lock up front
 (``BEGIN IMMEDIATE``) and retry while another writer holds it.
+
+A history that cannot be written (a read-only file or folder) can still be
+listed, shown and exported: reads fall back to a read-only connection. A run
+file is imported only after it passed ``check_run_file``, a full check of its
+structure; a bad one gets one line that names the field.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -24,12 +30,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PatchError
+from .errors import HistoryError  # noqa: F401 (part of this module's API)
+from .run_files import EXPORT_FORMAT, EXPORT_VERSION, check_run_file
 
 DB_NAME = "history.sqlite3"
 SCHEMA_VERSION = 1
-EXPORT_FORMAT = "patchcore-run"
-EXPORT_VERSION = 1
 MAX_IMPORT_BYTES = 64 * 2**20
 BUSY_TIMEOUT_S = 30.0
 
@@ -58,8 +63,19 @@ _LIST_COLS = ("id", "created", "saved", "kind", "source", "title", "model", "swe
               "metric", "n_pairs", "seconds")
 
 
-class HistoryError(PatchError):
-    """The history database cannot be read or written, or an import file is not a run."""
+
+class _ReadOnly(HistoryError):
+    """The history exists but cannot be written (reads still work)."""
+
+
+class _CannotCreate(HistoryError):
+    """The history's file or folder cannot be opened for writing or created (reads still work)."""
+
+
+def _is_read_only(exc: sqlite3.Error) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return (name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")) or "readonly" in str(exc)
+            or "unable to open database file" in str(exc))
 
 
 def data_dir() -> Path:
@@ -107,7 +123,7 @@ class RunRecord(RunInfo):
 
     def open(self):
         """The stored result as an object: PatchResult, DatasetResult or BothResult."""
-        from .dataset_run import result_from_json
+        from .results import result_from_json
         try:
             return result_from_json(self.result)
         except (KeyError, TypeError, ValueError) as exc:
@@ -125,6 +141,20 @@ def _now() -> str:
 
 def describe(result_json: dict) -> dict:
     """Index columns of a result JSON: kind, model, sweep, direction, metric, n_pairs, seconds, title."""
+    if result_json.get("kind") == "patch":   # sites together, or a path: the sites are the title
+        r = result_json
+        sites = ", ".join(r.get("sites") or []) or "no senders"
+        what = (sites if len(sites) <= 50 else sites[:47] + "...") + \
+            (f" → {', '.join(r['receivers'])}" if r.get("receivers") else "") + \
+            (" (complement)" if r.get("complement") else "")
+        n_pairs = int(r.get("n_pairs", 1) or 1)
+        return {"kind": "patch", "model": str(r.get("model", "")),
+                "sweep": "path" if r.get("receivers") else "patch", "direction": r.get("direction", ""),
+                "metric": str(r.get("metric", "")), "n_pairs": n_pairs,
+                "seconds": float(r.get("seconds", 0) or 0),
+                "title": f"{'path' if r.get('receivers') else 'patch'} {r.get('direction', '')} – {what}"
+                         + (f" ×{n_pairs}" if n_pairs > 1 else ""),
+                "created": r.get("created") or ""}
     if result_json.get("kind") == "both":
         d, n = result_json["denoise"], result_json["noise"]
         first, kind, direction = d, "both", "both"
@@ -157,6 +187,7 @@ class History:
         self.path = Path(path).expanduser() if path else default_db_path()
         self.timeout = timeout
         self._ready = False
+        self.read_only = False  # set once a read found the history not writable
 
     # -- connections -----------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -164,8 +195,8 @@ class History:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             con = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
-            raise HistoryError(f"Cannot open the run history at {self.path}: {exc}. Set "
-                               f"PATCHCORE_DATA_DIR to a writable folder.") from None
+            raise _CannotCreate(f"Cannot open the run history at {self.path}: {exc}. Set "
+                                f"PATCHCORE_DATA_DIR to a writable folder.") from None
         con.row_factory = sqlite3.Row
         con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         if not self._ready:
@@ -192,28 +223,74 @@ class History:
             except sqlite3.DatabaseError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     con.close()
+                    if _is_read_only(exc):
+                        raise _ReadOnly(self._read_only_message(exc)) from None
                     raise HistoryError(f"Cannot use the run history at {self.path}: {exc}. Move that "
                                        f"file away (a new history starts), or set PATCHCORE_DATA_DIR.") from None
                 time.sleep(0.05 * (attempt + 1))
         con.close()
         raise HistoryError(f"The run history at {self.path} stayed locked by another program.")
 
+    def _read_only_message(self, exc) -> str:
+        return (f"The run history at {self.path} is read-only ({exc}): its runs can be listed, shown and "
+                f"exported, not changed. Make the file and its folder writable, or set "
+                f"PATCHCORE_HISTORY_DB to another file for new runs.")
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that never writes: for a history whose file or folder is read-only.
+        A history that does not exist (and cannot be created) reads as empty."""
+        try:
+            exists = self.path.exists()
+        except OSError as exc:  # a folder on the way that cannot be searched
+            raise HistoryError(f"Cannot read the run history at {self.path}: {exc.strerror}.") from None
+        if not exists:
+            con = sqlite3.connect(":memory:", isolation_level=None)
+            con.executescript(_SCHEMA)
+        else:
+            from urllib.parse import quote
+            uri = "file:" + quote(str(self.path.resolve()))
+            try:
+                con = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=self.timeout, isolation_level=None)
+                con.execute("SELECT COUNT(*) FROM runs").fetchone()
+            except sqlite3.DatabaseError:
+                # WAL mode in a read-only folder without its -shm file: read the file as it is
+                con = sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        return con
+
     @contextmanager
-    def _conn(self):
-        con = self._connect()
+    def _conn(self, write: bool = False):
+        if self.read_only and not write:
+            con = self._open_read_only()
+        else:
+            try:
+                con = self._connect()
+            except (_ReadOnly, _CannotCreate):
+                if write:
+                    raise
+                con = self._open_read_only()
+                self.read_only = True
         try:
             yield con
         except sqlite3.DatabaseError as exc:
+            if _is_read_only(exc):
+                raise HistoryError(self._read_only_message(exc)) from None
             raise HistoryError(f"The run history at {self.path} cannot be used: {exc}.") from None
         finally:
             con.close()
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        try:
+            return self._connect_read_only()
+        except sqlite3.DatabaseError as exc:
+            raise HistoryError(f"Cannot read the run history at {self.path}: {exc}.") from None
 
     def _write(self, fn):
         """Run fn(con) inside BEGIN IMMEDIATE ... COMMIT, retrying while the database is busy."""
         deadline = time.monotonic() + self.timeout
         attempt = 0
         while True:
-            with self._conn() as con:
+            with self._conn(write=True) as con:
                 try:
                     con.execute("BEGIN IMMEDIATE")
                 except sqlite3.OperationalError as exc:
@@ -221,6 +298,8 @@ class History:
                         attempt += 1
                         time.sleep(min(0.5, 0.01 * attempt))
                         continue
+                    if _is_read_only(exc):
+                        raise HistoryError(self._read_only_message(exc)) from None
                     raise HistoryError(f"The run history is busy ({exc}); try again.") from None
                 try:
                     out = fn(con)
@@ -311,22 +390,10 @@ class History:
     def import_json(self, data) -> int:
         """Store a run exported by export_json (dict, JSON text or bytes). Returns the new id.
 
-        A bare result JSON (what `patchcore sweep --json` writes) is accepted too.
+        A bare result JSON (what `patchcore sweep --json` writes) is accepted too. The whole file
+        is checked first (check_run_file); a bad one raises HistoryError and stores nothing.
         """
-        doc = _parse_import(data)
-        if isinstance(doc, dict) and doc.get("format") == EXPORT_FORMAT:
-            if int(doc.get("version", 0)) > EXPORT_VERSION:
-                raise HistoryError("This run was exported by a newer patchcore; update patchcore to import it.")
-            run = doc.get("run")
-            if not isinstance(run, dict) or not isinstance(run.get("result"), dict):
-                raise HistoryError("The file says it is a patchcore run but holds no result.")
-            result, settings = run["result"], run.get("settings") or {}
-            timings, title, created = run.get("timings") or {}, run.get("title"), run.get("created")
-        elif isinstance(doc, dict) and ("values" in doc or doc.get("kind") == "both"):
-            result, settings, timings, title, created = doc, {}, {}, None, doc.get("created")
-        else:
-            raise HistoryError("This file is not a patchcore run (export one with `patchcore runs export ID` "
-                               "or the History page).")
+        result, settings, timings, title, created = check_run_file(_parse_import(data))
         _check_result(result)
         return self.save(result, source="import", settings=settings, timings=timings, title=title,
                          created=created)
@@ -344,15 +411,23 @@ def _parse_import(data):
             raise HistoryError("The file is not UTF-8 JSON text.") from None
     try:
         return json.loads(data)
-    except (TypeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise HistoryError("The file nests lists or objects too deeply to be a patchcore run.") from None
+    except json.JSONDecodeError as exc:
+        raise HistoryError(f"The file is not valid JSON ({exc}).") from None
+    except ValueError as exc:  # an integer of thousands of digits (int_max_str_digits)
+        raise HistoryError(f"The file holds a number too long to read ({str(exc).split(';')[0]}); "
+                           f"it is not a patchcore run.") from None
+    except TypeError as exc:
         raise HistoryError(f"The file is not valid JSON ({exc}).") from None
 
 
 def _check_result(result: dict) -> None:
-    """Make sure an imported result opens before it is stored."""
-    from .dataset_run import result_from_json
+    """Make sure an imported result opens before it is stored (check_run_file makes this a formality)."""
+    from .results import result_from_json
     try:
         result_from_json(result)
+        describe(result)
     except Exception as exc:  # noqa: BLE001 - any failure means the file is not a usable run
         raise HistoryError(f"The run in this file cannot be read ({type(exc).__name__}: {exc}).") from None
 

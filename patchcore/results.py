@@ -37,6 +37,7 @@ class PatchResult:
     pair: PromptPair
     n_layers: int
     n_heads: int
+    n_kv_heads: int = 0        # key/value heads (the kv_head axis of k and v sweeps); 0: n_heads
     seconds: float = 0.0
     forward_rows: int = 0
     batch_size: int = 0
@@ -101,6 +102,7 @@ class PatchResult:
             "dtype": self.dtype,
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads or self.n_heads,
             "pair": self.pair.to_dict(),
             "clean_top": [list(t) for t in self.clean_top],
             "corrupted_top": [list(t) for t in self.corrupted_top],
@@ -117,6 +119,7 @@ class PatchResult:
             axes=tuple(d["axes"]), values=values, tokens=list(d["tokens"]),
             clean_metric=d["clean_metric"], corrupted_metric=d["corrupted_metric"],
             pair=PromptPair(**d["pair"]), n_layers=d["n_layers"], n_heads=d["n_heads"],
+            n_kv_heads=d.get("n_kv_heads", d["n_heads"]),
             seconds=d.get("seconds", 0.0), forward_rows=d.get("forward_rows", 0),
             batch_size=d.get("batch_size", 0), device=d.get("device", "cpu"),
             dtype=d.get("dtype", "float32"), method=d.get("method", "exact"), backend=d.get("backend", "local"),
@@ -376,7 +379,7 @@ def new_result(model, spec, direction: str, metric: str, values, clean: float, c
     c = model.components
     base = dict(model=model.label, sweep=spec.name, direction=direction, metric=metric,
                 axes=spec.axes, values=values, clean_metric=clean, corrupted_metric=corrupted,
-                n_layers=c.n_layers, n_heads=c.n_heads, **stamp(model))
+                n_layers=c.n_layers, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, **stamp(model))
     if prepared is not None:
         base.update(tokens=prepared.clean_tokens, pair=prepared.pair,
                     diff_positions=prepared.diff_positions)

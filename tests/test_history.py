@@ -81,7 +81,7 @@ def test_export_import_round_trip_and_bad_files(tmp_path, results):
                      (json.dumps({"hello": 1}), "not a patchcore run"),
                      (json.dumps({"format": "patchcore-run", "version": 1, "run": {}}), "holds no result"),
                      (json.dumps({"format": "patchcore-run", "version": 99, "run": {}}), "newer patchcore"),
-                     (json.dumps({"values": [1, 2], "model": "m"}), "cannot be read")]:
+                     (json.dumps({"values": [1, 2], "model": "m"}), "field 'sweep' is missing")]:
         with pytest.raises(HistoryError, match=msg):
             dst.import_json(bad)
     assert dst.count() == 2  # nothing half-imported
