@@ -54,6 +54,13 @@ DEFAULT_DRAWS = 4
 DEFAULT_REFERENCE_PAIRS = 64
 
 
+def join_notes(notes: list) -> str:
+    """Reference notes of several length groups, short enough to read."""
+    if len(notes) <= 2:
+        return "; ".join(notes)
+    return "; ".join(notes[:2]) + f"; and {len(notes) - 2} more token lengths"
+
+
 def get_ablation(name: str) -> Ablation:
     return lookup(ABLATIONS, name, "ablation", "ablation")
 

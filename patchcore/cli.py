@@ -56,32 +56,14 @@ def _quiet_libraries() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .metrics import METRICS
-    from .prompts import DEFAULT_PAIR
-    from .sweeps import DIRECTIONS, SWEEPS
+    from .sweeps import SWEEPS
 
     p = _Parser(prog="patchcore", description="Activation patching from the command line.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     s = sub.add_parser("sweep", help="run one patching sweep and print or save the result")
-    s.add_argument("--model", default="embedded", type=utf8_text,
-                   help="'embedded' (offline default), a hub id, a model folder or a .gguf file")
-    s.add_argument("--revision", default=None, type=utf8_text, help="hub revision (branch, tag or commit)")
-    s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    s.add_argument("--trust-remote-code", action="store_true",
-                   help="run code from the model's repository (only for authors you trust)")
-    s.add_argument("--clean", default=DEFAULT_PAIR.clean, type=utf8_text)
-    s.add_argument("--corrupted", default=DEFAULT_PAIR.corrupted, type=utf8_text)
-    s.add_argument("--answer", default=DEFAULT_PAIR.answer, type=utf8_text)
-    s.add_argument("--wrong", default=DEFAULT_PAIR.wrong, type=utf8_text)
+    common_args(s)
     s.add_argument("--sweep", default="layer_pos", choices=list(SWEEPS))
-    s.add_argument("--direction", default="denoise", choices=list(DIRECTIONS))
-    s.add_argument("--metric", default="logit_diff", choices=list(METRICS))
-    s.add_argument("--batch-size", type=int_arg(1, MAX_BATCH_SIZE), default=None, metavar="N",
-                   help="rows per forward (default: from memory budget)")
-    s.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
     s.add_argument("--csv", default=None, metavar="PATH", help="write the tidy table as CSV")
-    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
     s.add_argument("--method", default="exact", choices=["exact", "atp"],
                    help="exact patching, or atp: attribution patching, an estimate of every cell "
                         "from two forwards and one backward")
@@ -95,10 +77,43 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmark: seed loop vs plain batched hooks vs patchcore",
                        add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)
+    from .cli_patch import add_patch_parsers
     from .cli_runs import add_dataset_args, add_runs_parser  # datasets, run history (issue 5)
     add_dataset_args(s)
+    add_patch_parsers(sub)
     add_runs_parser(sub)
     return p
+
+
+def common_args(s) -> None:
+    """Model, prompt pair, direction, metric, ablation, batch size, JSON and progress flags."""
+    from .ablations import ABLATIONS, DEFAULT_DRAWS
+    from .metrics import METRICS
+    from .prompts import DEFAULT_PAIR
+    from .sweeps import DIRECTIONS
+
+    s.add_argument("--model", default="embedded", type=utf8_text,
+                   help="'embedded' (offline default), a hub id, a model folder or a .gguf file")
+    s.add_argument("--revision", default=None, type=utf8_text, help="hub revision (branch, tag or commit)")
+    s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    s.add_argument("--trust-remote-code", action="store_true",
+                   help="run code from the model's repository (only for authors you trust)")
+    s.add_argument("--clean", default=DEFAULT_PAIR.clean, type=utf8_text)
+    s.add_argument("--corrupted", default=DEFAULT_PAIR.corrupted, type=utf8_text)
+    s.add_argument("--answer", default=DEFAULT_PAIR.answer, type=utf8_text)
+    s.add_argument("--wrong", default=DEFAULT_PAIR.wrong, type=utf8_text)
+    s.add_argument("--direction", default="denoise", choices=list(DIRECTIONS))
+    s.add_argument("--metric", default="logit_diff", choices=list(METRICS))
+    s.add_argument("--ablation", default="corrupted", choices=list(ABLATIONS),
+                   help="what a patch writes: the other prompt's activation (corrupted), zeros, the "
+                        "mean over a reference set, or other prompts of the dataset (resample)")
+    s.add_argument("--draws", type=int_arg(1, 64), default=DEFAULT_DRAWS, metavar="K",
+                   help=f"with --ablation resample: draws per pair, averaged (default {DEFAULT_DRAWS})")
+    s.add_argument("--batch-size", type=int_arg(1, MAX_BATCH_SIZE), default=None, metavar="N",
+                   help="rows per forward (default: from memory budget)")
+    s.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
+    s.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
 def _progress(quiet: bool):
@@ -147,7 +162,8 @@ def cmd_sweep(args) -> int:
     else:
         pair = PromptPair(args.clean, args.corrupted, args.answer, args.wrong)
         result = run_sweep(model, pair, args.sweep, args.direction, args.metric,
-                           batch_size=args.batch_size, progress=_progress(args.quiet))
+                           batch_size=args.batch_size, progress=_progress(args.quiet),
+                           ablation=args.ablation, draws=args.draws, seed=args.seed)
     return finish(args, result, outputs, load_seconds=model.load_seconds)
 
 
@@ -204,19 +220,24 @@ def finish(args, result, outputs, load_seconds=None) -> int:
                "--csv": lambda f: result.to_frame().to_csv(f, index=False)}
     write_files([(flag, path, writers[flag]) for flag, path in outputs])
     store_cli_run(args, result, load_seconds=load_seconds)
-    if not args.json:
-        print("\n".join(summary_lines(result)))
+    if args.json:
+        return 0
+    print("\n".join(summary_lines(result)))
+    if hasattr(result, "n_patches"):   # a sweep: its table too
         print()
         print(compact_table(result))
         print(f"\n{result.n_patches} patches, {result.forward_rows} forward rows, "
               f"{result.seconds:.2f} s on {'NDIF' if result.backend == 'remote' else result.device}")
+    else:
+        print(f"\n{result.n_pairs} pair(s), {result.forward_rows} forward rows, "
+              f"{result.seconds:.2f} s on {result.device}")
     return 0
 
 
 # --------------------------------------------------------------------------- output files
 def check_outputs(args) -> list[tuple[str, str]]:
     """The output files a sweep will write, as (flag, path), each checked before the sweep runs."""
-    outputs = [(flag, path) for flag, path in (("--json", args.json), ("--csv", args.csv))
+    outputs = [(flag, path) for flag, path in (("--json", args.json), ("--csv", getattr(args, "csv", None)))
                if path is not None]
     for flag, path in outputs:
         check_output_path(flag, path)
@@ -356,6 +377,9 @@ def main(argv=None) -> int:
         if args.command == "runs":
             from .cli_runs import cmd_runs
             return cmd_runs(args)
+        if args.command in ("patch", "path"):
+            from .cli_patch import cmd_patch
+            return cmd_patch(args)
     except PatchError as exc:
         print(f"patchcore: error: {exc.message.splitlines()[0]}", file=sys.stderr)
         for line in exc.message.splitlines()[1:]:  # aligned token tables etc. go to stdout

@@ -96,9 +96,8 @@ def _display_name(path: str) -> str:
     return path.encode("utf-8", "replace").decode("utf-8")  # a file name need not be UTF-8
 
 
-def run_dataset_cli(args, model, progress=None, pairs_data: bytes | None = None):
-    """Build the dataset the flags ask for and run it. Returns a DatasetResult."""
-    from .dataset_run import run_dataset
+def load_dataset(args, model, pairs_data: bytes | None = None):
+    """The PairDataset that --ioi N or --pairs FILE ask for (rejected rows reported on stderr)."""
     from .datasets import DatasetError, generate_ioi, parse_upload
 
     if args.ioi is not None and args.pairs:
@@ -117,13 +116,24 @@ def run_dataset_cli(args, model, progress=None, pairs_data: bytes | None = None)
             why = ("its only row was rejected (the reason is above)" if n == 1 else
                    f"all {n} rows were rejected (the reasons are above)" if n else "it has no rows")
             raise DatasetError(f"No usable pair in '{args.pairs}': {why}.")
+    return ds
+
+
+def run_dataset_cli(args, model, progress=None, pairs_data: bytes | None = None):
+    """Build the dataset the flags ask for and run it. Returns a DatasetResult."""
+    from .dataset_run import run_dataset
+
+    ds = load_dataset(args, model, pairs_data)
     return run_dataset(model, ds, args.sweep, args.direction, args.metric, progress=progress,
                        n_boot=args.n_boot, seed=args.seed, batch_size=args.batch_size,
-                       length=args.length)
+                       length=args.length, ablation=args.ablation, draws=args.draws)
 
 
 def summary_lines(result) -> list[str]:
-    from .results import DatasetResult
+    from .results import DatasetResult, PatchSetResult
+    if isinstance(result, PatchSetResult):
+        from .summary import patch_summary
+        return patch_summary(result)
     if isinstance(result, DatasetResult):
         from .dataset_summary import dataset_summary
         return dataset_summary(result)
@@ -132,12 +142,13 @@ def summary_lines(result) -> list[str]:
 
 
 def sweep_settings(args) -> dict:
-    keys = ["model", "revision", "dtype", "device", "sweep", "direction", "metric", "batch_size"]
+    keys = ["model", "revision", "dtype", "device", "sweep", "direction", "metric", "batch_size",
+            "ablation", "draws", "sites", "complement", "senders", "receivers"]
     if is_dataset(args):
         keys += ["ioi", "seed", "corruption", "templates", "pairs", "length", "n_boot"]
     else:
         keys += ["clean", "corrupted", "answer", "wrong"]
-    return {k: getattr(args, k, None) for k in keys}
+    return {k: getattr(args, k) for k in keys if hasattr(args, k)}
 
 
 def store_cli_run(args, result, load_seconds: float | None = None) -> int | None:

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 from .datasets import DatasetPair, PairDataset, for_sweep, pairs_from_list, role_order
+from .ablations import DEFAULT_DRAWS, get_ablation
 from .engine import make_backend, run_sweep
+from .interventions import dataset_reference
 from .errors import Cancelled, PairError, SweepError
 from .metrics import check_metric
 from .models import LoadedModel
@@ -92,7 +94,7 @@ def run_dataset(model: LoadedModel, pairs, sweep: str = "layer_pos", direction: 
                 metric: str = "logit_diff", *, progress=None, cancel=None, on_wait=None,
                 n_boot: int = DEFAULT_N_BOOT, seed: int = 0, level: float = DEFAULT_LEVEL,
                 batch_size: int | None = None, length: int | None = None,
-                backend=None) -> DatasetResult:
+                ablation: str = "corrupted", draws: int = DEFAULT_DRAWS, backend=None) -> DatasetResult:
     """One sweep over every pair; `values` = mean over pairs, with bootstrap intervals.
 
     pairs: a PairDataset, or a list of PromptPair/DatasetPair.
@@ -103,25 +105,26 @@ def run_dataset(model: LoadedModel, pairs, sweep: str = "layer_pos", direction: 
     """
     out = _run(model, pairs, sweep, (check_direction(direction),), metric, progress=progress,
                cancel=cancel, on_wait=on_wait, n_boot=n_boot, seed=seed, level=level,
-               batch_size=batch_size, length=length, backend=backend)
+               batch_size=batch_size, length=length, backend=backend, ablation=ablation, draws=draws)
     return out[direction]
 
 
 def run_both(model: LoadedModel, pairs, sweep: str = "layer_pos", metric: str = "logit_diff", *,
              progress=None, cancel=None, on_wait=None, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
              level: float = DEFAULT_LEVEL, batch_size: int | None = None, length: int | None = None,
-             backend=None) -> BothResult:
+             ablation: str = "corrupted", draws: int = DEFAULT_DRAWS, backend=None) -> BothResult:
     """Denoising and noising over the same pairs (pair by pair, so progress is even)."""
     out = _run(model, pairs, sweep, ("denoise", "noise"), metric, progress=progress, cancel=cancel,
                on_wait=on_wait, n_boot=n_boot, seed=seed, level=level, batch_size=batch_size,
-               length=length, backend=backend)
+               length=length, backend=backend, ablation=ablation, draws=draws)
     return BothResult(out["denoise"], out["noise"])
 
 
 def _run(model, pairs, sweep, directions, metric, *, progress, cancel, on_wait, n_boot, seed,
-         level, batch_size, length, backend) -> dict:
+         level, batch_size, length, backend, ablation, draws) -> dict:
     spec = get_sweep(sweep)
     check_metric(metric)
+    ab = get_ablation(ablation)
     if not 0.5 <= level < 1.0:
         raise SweepError("The interval level must be between 0.5 and 1 (e.g. 0.95).")
     if n_boot < 100 or n_boot > 100_000:
@@ -137,6 +140,21 @@ def _run(model, pairs, sweep, directions, metric, *, progress, cancel, on_wait, 
             where = f"line {it.line}" if it.line is not None else f"pair {k + 1}"
             raise PairError([type(i)(i.field, f"{where}: {i.message}") for i in exc.issues]) from None
         it.n_tokens = prepared[-1].n_tokens
+    if ab.needs_dataset:   # resample draws from other pairs of the same length: keep pairs that have one
+        count = {}
+        for p in prepared:
+            count[p.n_tokens] = count.get(p.n_tokens, 0) + 1
+        keep = [i for i, p in enumerate(prepared) if count[p.n_tokens] > 1]
+        if len(keep) < len(prepared):
+            if not keep:
+                raise SweepError("Resample ablation draws from other pairs of the same token length, "
+                                 "and no two pairs here have the same length. Use more pairs.",
+                                 field="ablation")
+            ds.notes.append(f"{len(prepared) - len(keep)} pair(s) had no other pair of their token "
+                            f"length to draw from and were left out (resample ablation).")
+            ds.items = [ds.items[i] for i in keep]
+            prepared = [prepared[i] for i in keep]
+    refs = {d: dataset_reference(ab.name, d, prepared) for d in directions}
     c = model.components
     by_role = spec.per_position and ds.role_aligned
     if spec.per_position and not by_role and len({p.n_tokens for p in prepared}) > 1:
@@ -176,7 +194,8 @@ def _run(model, pairs, sweep, directions, metric, *, progress, cancel, on_wait, 
             if cancel is not None and cancel():
                 raise Cancelled()
             r = run_sweep(model, prep, sweep, d, metric, batch_size=batch_size, progress=pair_progress,
-                          cancel=cancel, on_wait=on_wait, backend=make_backend(model, backend))
+                          cancel=cancel, on_wait=on_wait, backend=make_backend(model, backend),
+                          ablation=ab.name, reference=refs[d], draws=draws, seed=seed)
             skipped += r.values.size + 2 - r.forward_rows  # cells run_sweep knew without running
             done_before += sizes[k]
             v = _by_role(r.values, spec.axes, mats[k]) if by_role else r.values
@@ -211,7 +230,7 @@ def _run(model, pairs, sweep, directions, metric, *, progress, cancel, on_wait, 
             cls=DatasetResult, tokens=list(labels), pair=ds.items[0].pair,
             seconds=seconds[d], forward_rows=rows[d], batch_size=bs_used,
             device=r0.device, dtype=r0.dtype, backend=r0.backend, diff_positions=diff_cols,
-            n_pairs=len(prepared), per_pair=stack, pair_clean=clean_a, pair_corrupted=corr_a,
+            ablation=ab.name, reference=r0.reference, n_pairs=len(prepared), per_pair=stack, pair_clean=clean_a, pair_corrupted=corr_a,
             ci_low=lo, ci_high=hi, normalized_low=nlo, normalized_high=nhi, level=level,
             n_boot=n_boot, boot_seed=seed, aligned_by=aligned, pairs=pair_dicts,
             dataset=dict(ds.settings), notes=list(ds.notes),

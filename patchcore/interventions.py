@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from .ablations import DEFAULT_DRAWS, RefSet, get_ablation, ioi_reference, replacement
+from .ablations import DEFAULT_DRAWS, RefSet, get_ablation, ioi_reference, join_notes, replacement
 from .backends.base import Backend, Batch, Writes
 from .engine import batch_rows, make_backend, run_batch
 from .errors import PairError, SweepError
@@ -193,7 +193,7 @@ def run_patch(model: LoadedModel, pairs, sites, direction: str = "denoise",
         clean_metric=float(clean.mean()), corrupted_metric=float(corrupted.mean()),
         n_pairs=len(prepared), per_pair=values, pair_clean=clean, pair_corrupted=corrupted,
         ci_low=lo, ci_high=hi, normalized_low=nlo, normalized_high=nhi, level=level,
-        reference="; ".join(notes), draws=draws_of, pairs=[p.pair.to_dict() for p in prepared],
+        reference=join_notes(notes), draws=draws_of, pairs=[p.pair.to_dict() for p in prepared],
         seconds=time.perf_counter() - t0, forward_rows=rows_run, backend=backend.name,
         **stamp(model))
     result.warnings.extend(result_warnings(result))

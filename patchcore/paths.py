@@ -28,7 +28,7 @@ import time
 import numpy as np
 import torch
 
-from .ablations import DEFAULT_DRAWS, RefSet, get_ablation, ioi_reference, replacement
+from .ablations import DEFAULT_DRAWS, RefSet, get_ablation, ioi_reference, join_notes, replacement
 from .backends.base import Backend, Batch, Writes
 from .engine import batch_rows, make_backend, run_batch
 from .errors import SweepError
@@ -238,7 +238,7 @@ def run_path(model: LoadedModel, pairs, senders: str, receivers: str = "logits",
             value=value, clean_metric=float(clean.mean()), corrupted_metric=float(corrupted.mean()),
             n_pairs=len(prepared), per_pair=values[:, 0], pair_clean=clean, pair_corrupted=corrupted,
             ci_low=lo, ci_high=hi, normalized_low=nlo, normalized_high=nhi, level=level,
-            reference="; ".join(notes), pairs=[p.pair.to_dict() for p in prepared], seconds=seconds,
+            reference=join_notes(notes), pairs=[p.pair.to_dict() for p in prepared], seconds=seconds,
             forward_rows=rows_run, backend=backend.name, receivers=recv_names, **stamp(model))
         res.warnings.extend(result_warnings(res))
         return res
@@ -250,7 +250,7 @@ def run_path(model: LoadedModel, pairs, senders: str, receivers: str = "logits",
     else:
         grid[:] = values.reshape((len(prepared),) + full)
     fields = dict(seconds=seconds, forward_rows=rows_run, backend=backend.name, ablation=ab.name,
-                  reference="; ".join(notes), method="path", path=path)
+                  reference=join_notes(notes), method="path", path=path)
     if len(prepared) == 1:
         return new_result(model, spec, d.name, metric, grid[0], float(clean[0]), float(corrupted[0]),
                           prepared=prepared[0], **fields)

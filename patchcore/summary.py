@@ -94,6 +94,11 @@ def summarize(r: PatchResult, top_k: int = 3) -> list[str]:
     """A handful of plain sentences describing the result."""
     out = []
     p = r.pair
+    if r.path:
+        to = ", ".join(r.path["receivers"])
+        out.append(f"Path patching: each cell is one sender's effect through {to}"
+                   + (" (the direct path; every other head and MLP frozen)." if to == "logits" else
+                      " (every other head and MLP frozen on the way)." if to != "all" else "."))
     out.append(
         f"Baseline: with the clean prompt the {r.metric} is {r.clean_metric:+.3g}; with the corrupted "
         f"prompt it is {r.corrupted_metric:+.3g} (answer {p.answer!r}, wrong {p.wrong!r})."
@@ -146,5 +151,53 @@ def summarize(r: PatchResult, top_k: int = 3) -> list[str]:
         out.append("Caveat: " + spec.caveat[0].lower() + spec.caveat[1:])
     if spec.hint:
         out.append(spec.hint)
+    out.extend(r.warnings)
+    return out
+
+
+def reading(direction: str, score: float, what: str = "they") -> str:
+    """One sentence on what a normalised score says, for sites patched together ("they") or
+    paths ("the paths")."""
+    them = "them" if what == "they" else what
+    if not np.isfinite(score):
+        return "No normalised score: the clean and corrupted runs give the same metric."
+    pct = num(score * 100, ".0f") + "%"
+    if get_direction(direction).restores:
+        if score >= 0.8:
+            return f"Together {what} bring back {pct} of the clean behaviour: {what} are enough."
+        if score >= 0.2:
+            return f"Together {what} bring back {pct} of the clean behaviour: part of the story."
+        return f"Together {what} bring back only {pct}: not enough on their own."
+    if score <= 0.2:
+        return f"Corrupting {them} leaves {pct} of the clean behaviour: the model needs {them}."
+    if score <= 0.8:
+        return f"Corrupting {them} leaves {pct} of the clean behaviour: {what} matter in part."
+    return f"Corrupting {them} leaves {pct} of the clean behaviour: the model does not need {them}."
+
+
+def patch_summary(r) -> list[str]:
+    """Plain sentences for sites patched together, or a path (results.PatchSetResult)."""
+    d = get_direction(r.direction)
+    sites = ", ".join(r.sites) or "nothing"
+    if r.receivers is not None:
+        to = ", ".join(r.receivers)
+        how = {"logits": "the direct path to the logits; every other head and MLP frozen",
+               "all": "nothing frozen: the senders patched together"}.get(to, f"through the inputs of {to}")
+        head = f"Path patching from {sites} ({how})."
+    elif r.complement:
+        head = f"Patched every site of the same kinds except {sites} ({r.n_sites} sites) together."
+    else:
+        head = f"Patched {sites} together."
+    out = [head + f" {d.title}, ablation: {r.ablation}."]
+    out.append(f"Baseline {r.metric}: clean {r.clean_metric:+.3g}, corrupted {r.corrupted_metric:+.3g}"
+               + (f" (means over {r.n_pairs} pairs)." if r.n_pairs > 1 else "."))
+    s = r.normalized
+    line = f"Patched: {r.value:+.3g}, normalised score {num(s)}"
+    if r.n_pairs > 1 and np.isfinite(r.normalized_low):
+        line += f" (95% interval {num(r.normalized_low)} to {num(r.normalized_high)})"
+    out.append(line + ".")
+    out.append(reading(r.direction, s, "the paths" if r.receivers is not None else "they"))
+    if r.reference:
+        out.append(f"Reference: {r.reference}.")
     out.extend(r.warnings)
     return out

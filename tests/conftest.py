@@ -73,3 +73,13 @@ def single_thread_module():
     """One intra-op thread for a whole module, its module-scoped fixtures included."""
     with _one_thread():
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """A tiny llama saved like any transformers model folder (weights, config, tokenizer)."""
+    from tiny import build_hf, embedded_tokenizer
+    folder = tmp_path_factory.mktemp("models") / "tiny-llama"
+    build_hf("llama").save_pretrained(folder)
+    embedded_tokenizer().save_pretrained(folder)
+    return folder
