@@ -19,7 +19,7 @@ from .ablations import DEFAULT_DRAWS, RefSet, get_ablation, ioi_reference, repla
 from .backends.base import Backend, Batch, sweep_batch
 from .backends.hooks import HookBackend
 from .errors import Cancelled, SweepError
-from .metrics import check_metric, from_readout, readout, top_tokens
+from .metrics import check_metric, from_readout, needs_lse, readout, top_tokens
 from .models import LoadedModel
 from .prompts import PreparedPair, PromptPair, prepare_pair
 from .results import PatchResult, new_result
@@ -94,6 +94,16 @@ def run_baseline(model: LoadedModel, pair: PromptPair | PreparedPair, metric: st
     return Baseline(prepared, metric, values[0], values[1],
                     top_tokens(model.tokenizer, logits[0]), top_tokens(model.tokenizer, logits[1]),
                     cache)
+
+
+def first_change(cache: list, component: Component, components) -> int:
+    """The first position where the clean and corrupted activations differ at any layer (T if
+    none): before it, a patch with the other prompt's activation writes what is already there."""
+    clean = torch.stack([a[0] for a in cache])
+    corrupted = torch.stack([a[1] for a in cache])
+    differs = ~component.heads_view(clean == corrupted, components).all(-1).all(-1)   # (L, T)
+    hit = torch.nonzero(differs.any(0))
+    return int(hit[0, 0]) if len(hit) else int(differs.shape[1])
 
 
 def unchanged_cells(cache: list, cells: np.ndarray, component: Component, components) -> np.ndarray:
@@ -184,9 +194,13 @@ def run_cells(model: LoadedModel, prepared: PreparedPair, spec: SweepSpec, direc
     if progress:
         progress(skipped, len(cells))
     k = rows.shape[1]
+    # patches over every position still write the value already there before the first change
+    same = (first_change(base.cache, spec.component, model.components)
+            if skip_unchanged and get_ablation(ablation).from_source else 0)
     batch = sweep_batch(torch.tensor(target_ids), spec.component, np.repeat(cells[todo], k, axis=0),
                         tables, prepared.answer_id, prepared.wrong_id, skip_lower,
-                        src=np.tile(rows[0], len(todo)))
+                        src=np.tile(rows[0], len(todo)), same_before=same)
+    batch.need_lse = needs_lse(metric)
     scale = (lambda done, total: progress(skipped + (done - skipped) // k, len(cells))) if progress else None
     got, bs = run_batch(model, batch, backend, bs, progress=scale, cancel=cancel, on_wait=on_wait,
                         done_before=skipped, total=skipped + batch.n)

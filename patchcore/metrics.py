@@ -21,6 +21,12 @@ def check_metric(name: str) -> str:
     return name
 
 
+def needs_lse(name: str) -> bool:
+    """Whether a metric reads the logsumexp of all logits (probabilities do; a logit
+    difference does not)."""
+    return check_metric(name) != "logit_diff"
+
+
 def from_readout(name: str, r):
     """A metric from readout rows (n, 3): answer logit, wrong logit, logsumexp of all logits
     (backends.base.readout). Works on tensors (differentiable) and numpy arrays alike."""

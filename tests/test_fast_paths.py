@@ -100,7 +100,7 @@ def test_shortcuts_are_used(family):
     cells = pc.SWEEPS["layer_pos"].cells(m.components.n_layers, prepared.n_tokens, m.components.n_heads)
     base = pc.run_baseline(m, prepared, component="resid")
     sup = b.support()
-    assert sup["prefix"] and sup["skip"]
+    assert sup["prefix"] and sup["skip"] and sup["last_mlp"]
     # sliding-window caches keep only the window: their prefixes need prefix runs
     assert sup["sliced"] == (family not in ("gemma2", "gemma3_text", "mistral"))
     assert sup["head"] == (family != "gemma2")      # Gemma 2 soft-caps its final logits

@@ -63,6 +63,10 @@ class Batch:
     answer: np.ndarray         # (n,) token read out as the answer
     wrong: np.ndarray          # (n,)
     skip_lower: bool = True    # False: the plain path, every row through every layer (for tests)
+    same_before: int = 0       # positions before this are known not to change: every write there
+                               # writes the value already present (a shared prefix, exact)
+    need_lse: bool = True      # False: the metric reads no logsumexp (logit difference), so a
+                               # backend may leave it NaN and skip the rest of the vocabulary
     meta: dict = field(default_factory=dict)
 
     @property
@@ -77,7 +81,7 @@ class Batch:
             np.minimum.at(block, w.rows, w.layer + w.component.shift)
             np.minimum.at(pos, w.rows, np.maximum(w.pos, 0))
         pos[pos == np.iinfo(np.int64).max] = 0
-        return block, pos
+        return block, np.maximum(pos, self.same_before)
 
     def subset(self, rows: np.ndarray) -> "Batch":
         """These rows (indices into the batch) as a batch of their own, in this order."""
@@ -90,11 +94,12 @@ class Batch:
             if len(keep):
                 writes.append(w.select(keep, new[w.rows[keep]]))
         return Batch(self.ids, self.prompt[rows], writes, self.answer[rows], self.wrong[rows],
-                     self.skip_lower, self.meta)
+                     self.skip_lower, self.same_before, self.need_lse, self.meta)
 
 
 def sweep_batch(ids: torch.Tensor, component: Component, cells: np.ndarray, source: list,
-                answer: int, wrong: int, skip_lower: bool = True, src=None) -> Batch:
+                answer: int, wrong: int, skip_lower: bool = True, src=None,
+                same_before: int = 0) -> Batch:
     """One row per cell (layer, position, head; -1 = all) of a sweep over one base prompt.
 
     Without `src`, each row writes the source run's activation (source: per layer (T, W);
@@ -110,7 +115,7 @@ def sweep_batch(ids: torch.Tensor, component: Component, cells: np.ndarray, sour
     w = Writes(component, np.arange(n), cells[:, 0], cells[:, 1], cells[:, 2],
                np.asarray(src, dtype=np.int64), table)
     return Batch(ids.view(1, -1), np.zeros(n, dtype=np.int64), [w], np.full(n, answer),
-                 np.full(n, wrong), skip_lower)
+                 np.full(n, wrong), skip_lower, same_before)
 
 
 class Backend(ABC):

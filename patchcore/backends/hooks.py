@@ -235,7 +235,7 @@ class HookBackend(Backend):
         sup = _SUPPORT.get(self.hf)
         if sup is not None or not check:
             return sup
-        sup = {"prefix": False, "sliced": False, "skip": False, "head": False}
+        sup = {"prefix": False, "sliced": False, "skip": False, "head": False, "last_mlp": False}
         with torch.inference_mode():
             g = torch.Generator().manual_seed(0)
             ids = torch.randint(0, self.c.vocab_size, (12,), generator=g)
@@ -275,8 +275,28 @@ class HookBackend(Backend):
                     self._forward(ids.view(1, -1))
                 return self._unembed(h)
             sup["head"] = same(late_head)
+
+            def last_mlp():
+                with ExitStack() as stack:
+                    self._last_position_mlp(stack)
+                    return self._forward(ids.view(1, -1))
+            sup["last_mlp"] = same(last_mlp)
         _SUPPORT[self.hf] = sup
         return sup
+
+    def _last_position_mlp(self, stack: ExitStack) -> None:
+        """Until the stack closes, the last block's MLP runs on the last position only (its
+        other positions feed nothing: only the last position's logits are read) and gives
+        zeros elsewhere. Exact for the logits; checked per model in support()."""
+        mlp = self.c.mlp[-1]
+        forward = type(mlp).forward
+
+        def last_only(x, *args, **kwargs):
+            out = forward(mlp, x[:, -1:], *args, **kwargs)
+            full = out.new_zeros(x.shape[:-1] + out.shape[-1:])
+            full[:, -1:] = out
+            return full
+        _override_forward(stack, mlp, last_only)
 
     def _capture_head(self, stack: ExitStack) -> list:
         """Until the stack closes, the unembedding records its input and returns zeros."""
@@ -321,6 +341,8 @@ class HookBackend(Backend):
             return [Group(np.arange(n), 0, 0)]
         sup = support or self.support()
         reuse = self.reuse_prefix and sup["prefix"]
+        if not sup["sliced"] and any(w.component.hook == "pattern" for w in batch.writes):
+            reuse = False   # sliding-window caches keep fewer keys: patterns would not line up
         block, pos = batch.first_sites(self.c.n_layers)
         if not reuse:
             pos = np.zeros_like(pos)
@@ -361,7 +383,7 @@ class HookBackend(Backend):
         if len(groups) == 1:
             g = groups[0]
             out = self._run(batch, g.layer, g.pos, late)
-            return self._readout(self._unembed(out) if late else out, batch)
+            return self._head_readout(out, batch) if late else self._readout(out, batch)
         out = None
         for g in groups:
             res = self._run(batch.subset(g.idx), g.layer, g.pos, late)
@@ -369,7 +391,23 @@ class HookBackend(Backend):
                 out = res.new_empty((n,) + tuple(res.shape[1:]))
             out[torch.as_tensor(g.idx, device=out.device)] = res
         # late head: one unembedding for the whole batch (its weights read once, not per forward)
-        return self._readout(self._unembed(out) if late else out, batch)
+        return self._head_readout(out, batch) if late else self._readout(out, batch)
+
+    def _head_readout(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The readout from the unembedding's input (n, 1, D). A metric that needs no
+        logsumexp (batch.need_lse False) gets the answer's and wrong token's logits alone: two
+        rows of the unembedding per batch row instead of the whole vocabulary."""
+        head = self.c.unembed
+        if batch.need_lse or not isinstance(head, torch.nn.Linear):
+            return self._readout(self._unembed(hidden), batch)
+        h = hidden[:, -1, :]
+        dev = head.weight.device
+        a, w = torch.as_tensor(batch.answer, device=dev), torch.as_tensor(batch.wrong, device=dev)
+        la = (h * head.weight[a].to(h.dtype)).sum(-1).float()
+        lw = (h * head.weight[w].to(h.dtype)).sum(-1).float()
+        if head.bias is not None:
+            la, lw = la + head.bias[a].float(), lw + head.bias[w].float()
+        return torch.stack([la, lw, torch.full_like(la, float("nan"))], dim=1)
 
     def record(self, batch: Batch, sites: list):
         """Plain forward (every row, every layer and position) recording `sites` as it goes."""
@@ -460,6 +498,8 @@ class HookBackend(Backend):
                         return _set_hidden(args, kwargs, h.expand(n, -1, -1).contiguous())
                     stack.enter_context(site.register_forward_pre_hook(widen, with_kwargs=True))
             self._hooks(stack, batch, fast, p0 if fast else 0)
+            if fast and self.support()["last_mlp"]:
+                self._last_position_mlp(stack)
             if late_head:
                 got = self._capture_head(stack)
             logits = self._forward(ids, **extra)
