@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .ablations import DEFAULT_DRAWS, RefSet, get_ablation, ioi_reference, replacement
-from .backends.base import Backend, Batch, sweep_batch
+from .backends.base import Backend, Batch, Writes, sweep_batch
 from .backends.hooks import HookBackend
 from .errors import Cancelled, SweepError
 from .metrics import check_metric, from_readout, needs_lse, readout, top_tokens
@@ -201,12 +201,35 @@ def run_cells(model: LoadedModel, prepared: PreparedPair, spec: SweepSpec, direc
                         tables, prepared.answer_id, prepared.wrong_id, skip_lower,
                         src=np.tile(rows[0], len(todo)), same_before=same)
     batch.need_lse = needs_lse(metric)
-    scale = (lambda done, total: progress(skipped + (done - skipped) // k, len(cells))) if progress else None
+    n_run = batch.n
+    if model.dtype != torch.float32 and len(todo):
+        _add_control_rows(batch, cells[todo], [a[d.target_row:d.target_row + 1] for a in base.cache])
+    scale = (lambda done, total: progress(skipped + min(done - skipped, n_run) // k, len(cells))) \
+        if progress else None
     got, bs = run_batch(model, batch, backend, bs, progress=scale, cancel=cancel, on_wait=on_wait,
                         done_before=skipped, total=skipped + batch.n)
-    out[todo] = from_readout(metric, got).reshape(len(todo), k).mean(1)
+    values = from_readout(metric, got)
+    out[todo] = values[:n_run].reshape(len(todo), k).mean(1)
+    # control rows write the target's own activation: any change is the batch's rounding noise
+    target = d.target_metric(base.clean_metric, base.corrupted_metric)
+    noise = float(np.abs(values[n_run:] - target).max()) if batch.n > n_run else 0.0
     return out, base, {"forward_rows": batch.n + 2, "batch_size": bs, "skipped": skipped,
-                       "reference": note or ""}
+                       "reference": note or "", "noise_floor": noise}
+
+
+def _add_control_rows(batch: Batch, cells: np.ndarray, own_target: list) -> None:
+    """Three unpatched rows that still run like patched ones (a no-op write at the lowest, middle
+    and highest patched layer): in low precision, how far they land from the single-row baseline
+    is the run's noise floor."""
+    comp = batch.writes[0].component
+    layers = np.unique(np.percentile(cells[:, 0], [0, 50, 100], method="nearest").astype(np.int64))
+    n, c = batch.n, len(layers)
+    rows = np.arange(n, n + c)
+    batch.writes.append(Writes(comp, rows, layers, np.full(c, -1), np.full(c, -1),
+                               np.zeros(c, dtype=np.int64), own_target))
+    batch.prompt = np.concatenate([batch.prompt, np.zeros(c, dtype=np.int64)])
+    batch.answer = np.concatenate([batch.answer, np.repeat(batch.answer[:1], c)])
+    batch.wrong = np.concatenate([batch.wrong, np.repeat(batch.wrong[:1], c)])
 
 
 def run_sweep(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = "layer_pos",
@@ -247,4 +270,4 @@ def run_sweep(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = 
                       seconds=time.perf_counter() - t0, forward_rows=facts["forward_rows"],
                       batch_size=facts["batch_size"], backend=backend.name,
                       clean_top=base.clean_top, corrupted_top=base.corrupted_top,
-                      ablation=ab.name, reference=facts["reference"])
+                      ablation=ab.name, reference=facts["reference"], noise_floor=facts["noise_floor"])

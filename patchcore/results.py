@@ -47,6 +47,7 @@ class PatchResult:
     ablation: str = "corrupted"  # what the patches wrote (ablations.ABLATIONS)
     reference: str = ""        # the reference set of a mean or resample ablation, in words
     path: dict | None = None   # path patching: {"senders": ..., "receivers": [...]}
+    noise_floor: float = 0.0   # low precision: metric differences this small are rounding (measured)
     backend: str = "local"     # local hooks, nnsight, or remote (NDIF)
     clean_top: list = field(default_factory=list)
     corrupted_top: list = field(default_factory=list)
@@ -87,6 +88,7 @@ class PatchResult:
             "ablation": self.ablation,
             "reference": self.reference,
             **({"path": dict(self.path)} if self.path else {}),
+            "noise_floor": self.noise_floor,
             "backend": self.backend,
             "tokens": list(self.tokens),
             "clean_metric": self.clean_metric,
@@ -124,7 +126,7 @@ class PatchResult:
             batch_size=d.get("batch_size", 0), device=d.get("device", "cpu"),
             dtype=d.get("dtype", "float32"), method=d.get("method", "exact"), backend=d.get("backend", "local"),
             ablation=d.get("ablation", "corrupted"), reference=d.get("reference", ""),
-            path=d.get("path"), clean_top=[tuple(t) for t in d.get("clean_top", [])],
+            path=d.get("path"), noise_floor=float(d.get("noise_floor") or 0.0), clean_top=[tuple(t) for t in d.get("clean_top", [])],
             corrupted_top=[tuple(t) for t in d.get("corrupted_top", [])],
             diff_positions=list(d.get("diff_positions", [])),
             warnings=list(d.get("warnings", [])), created=d.get("created", ""),

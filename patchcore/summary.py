@@ -146,6 +146,10 @@ def summarize(r: PatchResult, top_k: int = 3) -> list[str]:
         out.append(lead +
                    "; ".join(f"{cell_name(r, tuple(int(x) for x in t))}: {num(s[t])}" for t in negs) + ".")
 
+    if r.noise_floor > 0:
+        out.append(f"Low precision ({r.dtype}): unpatched rows run in the same batches landed up to "
+                   f"{r.noise_floor:.3g} away from the baseline, so smaller differences are rounding "
+                   f"noise.")
     spec = get_sweep(r.sweep)
     if spec.caveat:
         out.append("Caveat: " + spec.caveat[0].lower() + spec.caveat[1:])

@@ -245,6 +245,11 @@ class HookBackend(Backend):
                 _SUPPORT[self.hf] = sup
                 return sup
             tol = (1e-3 if self.model.dtype == torch.float32 else 5e-2) * (1 + full.abs().max().item())
+            try:   # in low precision the same prompt in a batch of two is already off by this much
+                twin = self._forward(ids.view(1, -1).expand(2, -1))[1:]
+                tol = max(tol, 4 * (full - twin).abs().max().item())
+            except Exception:  # noqa: BLE001
+                pass
 
             def same(run) -> bool:
                 try:
