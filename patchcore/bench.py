@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .models import ModelSpec
 from .sites import get_direction
 
 AGREE_TOL = 1e-3
@@ -91,18 +92,28 @@ def machine_text(info: dict) -> str:
 
 # -- models ----------------------------------------------------------------------------------
 
-def load_bench_model(name: str, device: str):
+def bench_tokenizer(folder: str | None = None):
+    """The embedded model's tokenizer: from a folder (e.g. one carried to a GPU machine that
+    does not have the embedded model), else patchcore's converted copy of it."""
+    if folder:
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(folder)
+    from .models import load_embedded_tokenizer
+    return load_embedded_tokenizer()
+
+
+def load_bench_model(name: str, device: str, dtype: str = "fp32", tokenizer=None):
     """The embedded model, or a random-weight model of a named shape (embedded tokenizer)."""
     import transformers as tf
 
-    from .models import load_model, wrap_model
+    from .models import DTYPES, load_model, wrap_model
 
     if name == "embedded":
-        return load_model("embedded", device=device)
+        return load_model(ModelSpec(name="embedded", device=device, dtype=dtype))
     kind = "gpu" if torch.device(device if device != "auto" else "cpu").type == "cuda" else "cpu"
     shape = SHAPES[name][kind]
-    emb = load_model("embedded", device="cpu")
-    vocab = len(emb.tokenizer)
+    tokenizer = tokenizer or bench_tokenizer()
+    vocab = len(tokenizer)
     torch.manual_seed(0)
     if name == "gpt2-small":
         config = tf.GPT2Config(vocab_size=vocab, n_positions=1024, bos_token_id=0, eos_token_id=0, **shape)
@@ -113,8 +124,10 @@ def load_bench_model(name: str, device: str):
         for p in hf.parameters():
             if p.dim() >= 2:
                 p.mul_(2.0)
-    label = f"{name} shape, random weights" + (" (width/4)" if name == "llama-1b" and kind == "cpu" else "")
-    return wrap_model(hf, emb.tokenizer, label=label, device=device if device != "auto" else "cpu")
+    hf = hf.to(DTYPES[dtype])
+    label = (f"{name} shape, random weights" + (" (width/4)" if name == "llama-1b" and kind == "cpu" else "")
+             + ("" if dtype == "fp32" else f", {dtype}"))
+    return wrap_model(hf, tokenizer, label=label, device=device if device != "auto" else "cpu")
 
 
 def _sync(device) -> None:
@@ -266,6 +279,7 @@ def bench_fast(model, sweep: str, direction: str = "denoise", log=print) -> tupl
     c = model.components
     T = prepared.n_tokens
     row = {"model": model.label, "sweep": sweep, "direction": direction, "tokens": T,
+           "dtype": str(model.dtype).replace("torch.", ""),
            "layers": c.n_layers, "heads": c.n_heads, "device": str(model.device)}
     t0 = time.perf_counter()
     row["estimate_s"] = estimate_seconds(model, T, sweep, first_diff=prepared.first_diff)
@@ -332,7 +346,8 @@ def table(rows: list[dict], info: dict) -> str:
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
     lines = [
         f"Benchmark (`patchcore bench`, {when}) on **{machine_text(info)}**, torch {info['torch']}, "
-        f"fp32, denoising, IOI pair ({rows[0]['tokens'] if rows else '?'} tokens). "
+        f"{', '.join(sorted({r.get('dtype', 'float32') for r in rows}))}, denoising, IOI pair "
+        f"({rows[0]['tokens'] if rows else '?'} tokens). "
         f"(a) the seed's loop, one nnsight trace per patch; (b) plain PyTorch hooks on one batched "
         f"input (full logits); (c) patchcore (exact). Wall-clock seconds; speed-ups are (a)/(c) "
         f"and (b)/(c) in wall-clock time, and in this process's CPU time in brackets.",
@@ -379,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed-patches", type=int, default=24,
                    help="patches to time for (a), the seed loop (0 = all); the rest is extrapolated")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="a folder with the embedded tokenizer (default: patchcore's own copy)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--json", dest="json_path", help="write the results as JSON here")
     p.add_argument("--readme", help="write the table into this README between the bench markers")
@@ -394,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         if name not in MODELS:
             raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-        model = load_bench_model(name, device)
+        model = load_bench_model(name, device, args.dtype,
+                                 None if name == "embedded" else bench_tokenizer(args.tokenizer))
         log = lambda s: print(s, flush=True)  # noqa: E731
         done = []
         for sweep in [s.strip() for s in args.sweeps.split(",") if s.strip()]:
