@@ -1,9 +1,9 @@
 """Run one sweep over a dataset of pairs: per-cell means, bootstrap intervals, every pair kept.
 
-Each pair runs through the engine's own batched sweep (``engine.run_sweep``,
-many patches per forward), so a dataset gets every backend optimisation for
-free. Per-position results are aligned across pairs by role (IOI pairs) or
-by index (uploaded pairs of equal token length; see ``datasets.for_sweep``).
+Pairs of one token length run together (``engine.run_cells_many``): one baseline
+forward for all of them, and every pair's patches in the same batches, with every
+backend shortcut. Per-position results are aligned across pairs by role (IOI pairs)
+or by index (uploaded pairs of equal token length; see ``datasets.for_sweep``).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 
 from .datasets import DatasetPair, PairDataset, for_sweep, pairs_from_list, role_order
 from .ablations import DEFAULT_DRAWS, get_ablation
-from .engine import make_backend, run_sweep
+from .engine import make_backend, run_cells_many
 from .interventions import dataset_reference
 from .errors import Cancelled, PairError, SweepError
 from .metrics import check_metric
@@ -25,6 +25,7 @@ from .stats import DEFAULT_LEVEL, DEFAULT_N_BOOT, mean_ci, normalized_ci
 from .sweeps import check_direction, get_sweep
 
 MAX_DATASET_PATCHES = 3_000_000  # patches over all pairs (and directions) in one run
+SHARED_PAIRS = 64                # pairs of one length that share baselines and batches
 VARIES = "(varies)"
 
 
@@ -173,39 +174,44 @@ def _run(model, pairs, sweep, directions, metric, *, progress, cancel, on_wait, 
     else:
         labels, aligned = [], "none"
 
-    done_before = 0
-
-    def pair_progress(done, _total):
-        if progress:
-            progress(done_before + done, total)
-
-    per = {d: [] for d in directions}
-    clean, corrupted = [], []
+    per = {d: [None] * len(prepared) for d in directions}
+    clean, corrupted = [0.0] * len(prepared), [0.0] * len(prepared)
     seconds = {d: 0.0 for d in directions}
     rows = {d: 0 for d in directions}
-    bs_used = 0
-    skipped = 0
-    last = {}
+    bs_used, skipped, done, noise = 0, 0, 0, {d: 0.0 for d in directions}
+    notes = {d: "" for d in directions}
     t_all = time.perf_counter()
     if progress:
         progress(0, total)
-    for k, (it, prep) in enumerate(zip(ds.items, prepared)):
+    backend = make_backend(model, backend)
+    # pairs of one token length share baselines and batches (at most SHARED_PAIRS at a time)
+    groups: dict = {}
+    for k, p in enumerate(prepared):
+        groups.setdefault(p.n_tokens, []).append(k)
+    chunks = [idx[i:i + SHARED_PAIRS] for idx in groups.values() for i in range(0, len(idx), SHARED_PAIRS)]
+    for idx in chunks:
+        group = [prepared[k] for k in idx]
+        cells = spec.grid(c, group[0].n_tokens)
         for d in directions:
             if cancel is not None and cancel():
                 raise Cancelled()
-            r = run_sweep(model, prep, sweep, d, metric, batch_size=batch_size, progress=pair_progress,
-                          cancel=cancel, on_wait=on_wait, backend=make_backend(model, backend),
-                          ablation=ab.name, reference=refs[d], draws=draws, seed=seed)
-            skipped += r.values.size + 2 - r.forward_rows  # cells run_sweep knew without running
-            done_before += sizes[k]
-            v = _by_role(r.values, spec.axes, mats[k]) if by_role else r.values
-            per[d].append(v)
-            seconds[d] += r.seconds
-            rows[d] += r.forward_rows
-            bs_used = max(bs_used, r.batch_size)
-            last[d] = r
-        clean.append(r.clean_metric)
-        corrupted.append(r.corrupted_metric)
+            t0 = time.perf_counter()
+            step = (lambda got, _t, before=done: progress(before + got, total)) if progress else None
+            values, bases, facts = run_cells_many(
+                model, group, spec, d, metric, cells, ablation=ab.name, reference=refs[d], draws=draws,
+                seed=seed, batch_size=batch_size, progress=step, cancel=cancel, on_wait=on_wait,
+                backend=backend)
+            seconds[d] += time.perf_counter() - t0
+            rows[d] += facts["forward_rows"]
+            skipped += facts["skipped"]
+            bs_used = max(bs_used, facts["batch_size"])
+            noise[d] = max(noise[d], facts["noise_floor"])
+            notes[d] = notes[d] or facts["reference"]
+            done += values.size
+            for k, v, b in zip(idx, values, bases):
+                v = v.reshape(spec.dims(c, b.prepared.n_tokens))
+                per[d][k] = _by_role(v, spec.axes, mats[k]) if by_role else v
+                clean[k], corrupted[k] = b.clean_metric, b.corrupted_metric
     wall = time.perf_counter() - t_all
 
     clean_a, corr_a = np.array(clean), np.array(corrupted)
@@ -224,13 +230,12 @@ def _run(model, pairs, sweep, directions, metric, *, progress, cancel, on_wait, 
         stack = np.stack(per[d])  # (N, *shape)
         mean, lo, hi = mean_ci(stack, n_boot=n_boot, level=level, seed=seed)
         _, nlo, nhi = normalized_ci(stack, clean_a, corr_a, n_boot=n_boot, level=level, seed=seed)
-        r0 = last[d]
         res = new_result(
             model, spec, d, metric, mean, float(clean_a.mean()), float(corr_a.mean()),
             cls=DatasetResult, tokens=list(labels), pair=ds.items[0].pair,
-            seconds=seconds[d], forward_rows=rows[d], batch_size=bs_used,
-            device=r0.device, dtype=r0.dtype, backend=r0.backend, diff_positions=diff_cols,
-            ablation=ab.name, reference=r0.reference, n_pairs=len(prepared), per_pair=stack, pair_clean=clean_a, pair_corrupted=corr_a,
+            seconds=seconds[d], forward_rows=rows[d], batch_size=bs_used, backend=backend.name,
+            diff_positions=diff_cols, ablation=ab.name, reference=notes[d], noise_floor=noise[d],
+            n_pairs=len(prepared), per_pair=stack, pair_clean=clean_a, pair_corrupted=corr_a,
             ci_low=lo, ci_high=hi, normalized_low=nlo, normalized_high=nhi, level=level,
             n_boot=n_boot, boot_seed=seed, aligned_by=aligned, pairs=pair_dicts,
             dataset=dict(ds.settings), notes=list(ds.notes),

@@ -165,56 +165,88 @@ def run_batch(model: LoadedModel, batch: Batch, backend: Backend, batch_size: in
 
 
 def run_cells(model: LoadedModel, prepared: PreparedPair, spec: SweepSpec, direction: str,
-              metric: str, cells: np.ndarray, *, ablation: str = "corrupted",
-              reference: RefSet | None = None, draws: int = DEFAULT_DRAWS, seed: int = 0,
-              batch_size: int | None = None, progress=None, cancel=None, on_wait=None,
-              skip_lower: bool = True, skip_unchanged: bool = True,
-              backend: Backend | None = None) -> tuple[np.ndarray, Baseline, dict]:
-    """Exact values of the given cells (layer, position, head; -1 = all) of a sweep.
+              metric: str, cells: np.ndarray, **kw) -> tuple[np.ndarray, Baseline, dict]:
+    """Exact values of the given cells (layer, position, head; -1 = all) of a sweep on one pair:
+    (values per cell, the baseline, facts). See run_cells_many."""
+    values, bases, facts = run_cells_many(model, [prepared], spec, direction, metric, cells, **kw)
+    return values[0], bases[0], facts
 
-    Returns (values per cell, the baseline, facts: forward rows, batch size, cells skipped,
-    the reference note). skip_unchanged: cells whose patch would write the value already
-    there are not run (their value is the unpatched target run's metric); False runs every
-    cell (for tests). With the resample ablation each cell runs `draws` times, averaged."""
+
+def run_cells_many(model: LoadedModel, pairs: list, spec: SweepSpec, direction: str, metric: str,
+                   cells: np.ndarray, *, ablation: str = "corrupted", reference: RefSet | None = None,
+                   draws: int = DEFAULT_DRAWS, seed: int = 0, batch_size: int | None = None,
+                   progress=None, cancel=None, on_wait=None, skip_lower: bool = True,
+                   skip_unchanged: bool = True, backend: Backend | None = None):
+    """Exact values of the same cells on several pairs of one token length, sharing baselines
+    and batches: every pair is a base prompt of the same batches.
+
+    Returns (values (pairs, cells), baselines, facts: forward rows, batch size, cells skipped,
+    the reference note, the noise floor). skip_unchanged: cells whose patch would write the
+    value already there are not run (their value is the unpatched target run's metric); False
+    runs every cell (for tests). With the resample ablation each cell runs `draws` times."""
     d = get_direction(direction)
+    ab = get_ablation(ablation)
     backend = make_backend(model, backend)
-    bs = batch_size or batch_rows(model, prepared.n_tokens)
-    base = run_baseline(model, prepared, metric, spec.component, cancel, on_wait, backend)
-    source_ids, target_ids = d.pick(prepared.clean_ids, prepared.corrupted_ids)
-    own = [act[d.source_row:d.source_row + 1] for act in base.cache]
-    tables, rows, note = replacement(ablation, spec.component, model, backend, own, [source_ids],
+    P, T = len(pairs), pairs[0].n_tokens
+    bs = batch_size or batch_rows(model, T)
+    ids = torch.tensor([p.clean_ids for p in pairs] + [p.corrupted_ids for p in pairs])
+    with model.locked(cancel, on_wait), torch.inference_mode():
+        logits, acts = backend.baseline(ids, spec.component)
+    m = from_readout(metric, readout(logits, np.tile([p.answer_id for p in pairs], 2),
+                                     np.tile([p.wrong_id for p in pairs], 2))).tolist()
+    bases = [Baseline(p, metric, m[i], m[P + i], top_tokens(model.tokenizer, logits[i]),
+                      top_tokens(model.tokenizer, logits[P + i]), [a[[i, P + i]] for a in acts])
+             for i, p in enumerate(pairs)]
+    src_sl = slice(d.source_row * P, (d.source_row + 1) * P)
+    tables, draw, note = replacement(ablation, spec.component, model, backend, [a[src_sl] for a in acts],
+                                     [d.pick(p.clean_ids, p.corrupted_ids)[0] for p in pairs],
                                      reference, draws, seed)
-    out = np.empty(len(cells), dtype=np.float64)
-    todo = np.arange(len(cells))
-    if skip_unchanged and base.cache is not None and get_ablation(ablation).from_source:
-        same = unchanged_cells(base.cache, cells, spec.component, model.components)
-        out[same] = d.target_metric(base.clean_metric, base.corrupted_metric)
-        todo = todo[~same]
-    skipped = len(cells) - len(todo)
+    k = draw.shape[1]
+    out = np.empty((P, len(cells)), dtype=np.float64)
+    todo = []
+    for i, b in enumerate(bases):
+        keep = np.arange(len(cells))
+        if skip_unchanged and ab.from_source:
+            same = unchanged_cells(b.cache, cells, spec.component, model.components)
+            out[i, same] = d.target_metric(b.clean_metric, b.corrupted_metric)
+            keep = keep[~same]
+        todo.append(keep)
+    counts = np.array([len(t) for t in todo])
+    skipped = P * len(cells) - int(counts.sum())
     if progress:
-        progress(skipped, len(cells))
-    k = rows.shape[1]
+        progress(skipped, P * len(cells))
+    pair_of = np.repeat(np.repeat(np.arange(P), counts), k)
+    run = np.concatenate(todo) if P else np.zeros(0, dtype=np.int64)
+    targets = torch.tensor([d.pick(p.clean_ids, p.corrupted_ids)[1] for p in pairs])
     # patches over every position still write the value already there before the first change
-    same = (first_change(base.cache, spec.component, model.components)
-            if skip_unchanged and get_ablation(ablation).from_source else 0)
-    batch = sweep_batch(torch.tensor(target_ids), spec.component, np.repeat(cells[todo], k, axis=0),
-                        tables, prepared.answer_id, prepared.wrong_id, skip_lower,
-                        src=np.tile(rows[0], len(todo)), same_before=same)
+    first = np.array([first_change(b.cache, spec.component, model.components)
+                      if skip_unchanged and ab.from_source else 0 for b in bases])
+    batch = sweep_batch(targets[0], spec.component, np.repeat(cells[run], k, axis=0), tables,
+                        0, 0, skip_lower, src=draw[pair_of, np.tile(np.arange(k), len(run))],
+                        same_before=first[pair_of])
+    batch.ids, batch.prompt = targets, pair_of
+    batch.answer = np.array([p.answer_id for p in pairs])[pair_of]
+    batch.wrong = np.array([p.wrong_id for p in pairs])[pair_of]
     batch.need_lse = needs_lse(metric)
     n_run = batch.n
-    if model.dtype != torch.float32 and len(todo):
-        _add_control_rows(batch, cells[todo], [a[d.target_row:d.target_row + 1] for a in base.cache])
-    scale = (lambda done, total: progress(skipped + min(done - skipped, n_run) // k, len(cells))) \
-        if progress else None
+    if model.dtype != torch.float32 and len(run):
+        own = [a[d.target_row * P:d.target_row * P + 1] for a in acts]
+        _add_control_rows(batch, cells[todo[0]] if len(todo[0]) else cells[run], own)
+    total = P * len(cells)
+    scale = (lambda done, _: progress(skipped + min(done - skipped, n_run) // k, total)) if progress else None
     got, bs = run_batch(model, batch, backend, bs, progress=scale, cancel=cancel, on_wait=on_wait,
                         done_before=skipped, total=skipped + batch.n)
     values = from_readout(metric, got)
-    out[todo] = values[:n_run].reshape(len(todo), k).mean(1)
-    # control rows write the target's own activation: any change is the batch's rounding noise
-    target = d.target_metric(base.clean_metric, base.corrupted_metric)
+    mean = values[:n_run].reshape(-1, k).mean(1)
+    start = 0
+    for i, t in enumerate(todo):
+        out[i, t] = mean[start:start + len(t)]
+        start += len(t)
+    # control rows write the first target's own activation: any change is rounding noise
+    target = d.target_metric(bases[0].clean_metric, bases[0].corrupted_metric) if P else 0.0
     noise = float(np.abs(values[n_run:] - target).max()) if batch.n > n_run else 0.0
-    return out, base, {"forward_rows": batch.n + 2, "batch_size": bs, "skipped": skipped,
-                       "reference": note or "", "noise_floor": noise}
+    return out, bases, {"forward_rows": batch.n + 2 * P, "batch_size": bs, "skipped": skipped,
+                        "reference": note or "", "noise_floor": noise}
 
 
 def _add_control_rows(batch: Batch, cells: np.ndarray, own_target: list) -> None:

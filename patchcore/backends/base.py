@@ -63,8 +63,8 @@ class Batch:
     answer: np.ndarray         # (n,) token read out as the answer
     wrong: np.ndarray          # (n,)
     skip_lower: bool = True    # False: the plain path, every row through every layer (for tests)
-    same_before: int = 0       # positions before this are known not to change: every write there
-                               # writes the value already present (a shared prefix, exact)
+    same_before: int | np.ndarray = 0   # per batch or per row: positions before this are known not
+                               # to change, every write there writes the value already present
     need_lse: bool = True      # False: the metric reads no logsumexp (logit difference), so a
                                # backend may leave it NaN and skip the rest of the vocabulary
     meta: dict = field(default_factory=dict)
@@ -93,8 +93,9 @@ class Batch:
             keep = np.nonzero(new[w.rows] >= 0)[0]
             if len(keep):
                 writes.append(w.select(keep, new[w.rows[keep]]))
+        same = self.same_before[rows] if isinstance(self.same_before, np.ndarray) else self.same_before
         return Batch(self.ids, self.prompt[rows], writes, self.answer[rows], self.wrong[rows],
-                     self.skip_lower, self.same_before, self.need_lse, self.meta)
+                     self.skip_lower, same, self.need_lse, self.meta)
 
 
 def sweep_batch(ids: torch.Tensor, component: Component, cells: np.ndarray, source: list,

@@ -42,7 +42,7 @@ from ..models import LoadedModel
 from ..planner import CALIBRATED_COSTS, CostModel, Group, cost_model, plan_groups
 from ..sites import Component
 from .base import Backend, Batch, readout
-from .prefix_cache import cache_of, slice_cache, widen_cache
+from .prefix_cache import cache_of, slice_cache, stack_caches, widen_cache
 
 
 def _first(output):
@@ -212,7 +212,7 @@ class HookBackend(Backend):
     def _base(self, base_ids: torch.Tensor):
         key = base_ids.cpu().numpy().tobytes()
         if key not in self._bases:
-            if len(self._bases) > 4:
+            if len(self._bases) > 64:
                 self._bases.clear()
             self._bases[key] = self._base_run(base_ids)
         return self._bases[key]
@@ -377,9 +377,7 @@ class HookBackend(Backend):
     def run(self, batch: Batch) -> torch.Tensor:
         """Patched forwards, one batch row per row; readout (n, 3) in the batch's order."""
         n = batch.n
-        # the shortcuts serve one base prompt per forward: rows of several prompts run plain,
-        # all in one forward
-        if not self._fast(batch) or len(np.unique(batch.prompt)) > 1:
+        if not self._fast(batch):
             self.last_groups = [Group(np.arange(n), 0, 0)]
             return self._readout(self._run(batch, None, 0), batch)
         groups = self.plan(batch)
@@ -481,23 +479,28 @@ class HookBackend(Backend):
         n = batch.n
         fast = start is not None
         extra = {}
+        prompts, row_prompt = np.unique(batch.prompt, return_inverse=True)
+        one = len(prompts) == 1        # one base prompt: computed once, widened where patches land
         with ExitStack() as stack:
             if not fast:
                 ids = batch.ids[torch.as_tensor(batch.prompt)]
             else:
-                base_ids = batch.ids.view(-1)
-                ids = base_ids[p0:].view(1, -1)
+                bases = [batch.ids[int(p)].view(-1) for p in prompts]
+                ids = bases[0][p0:].view(1, -1) if one else \
+                    torch.stack(bases)[torch.as_tensor(row_prompt)][:, p0:]
                 # the first module that sees a patched value: there the hidden state is widened
                 site = self.c.blocks[start] if start < self.c.n_layers else self.c.final_norm
                 if p0 > 0:
-                    extra = {self._cache_kw: self._prefix_cache(base_ids, p0, n, start),
+                    extra = {self._cache_kw: self._prefix_cache(bases[0], p0, n, start) if one else
+                             stack_caches([self._prefix_cache(b, p0, 1, 0) for b in bases], row_prompt),
                              "use_cache": True}
                 if start > 0 and self.support()["skip"]:
-                    states = self._base(base_ids)[0]
+                    states = [self._base(b)[0] for b in bases]
+                    pick = torch.as_tensor(row_prompt)
                     for i in range(start):
-                        _skip_block(stack, self.c.blocks[i], states[i][:, p0:].clone()
-                                    if i == start - 1 else states[i][:, p0:])
-                if n > 1:
+                        s = states[0][i][:, p0:] if one else torch.cat([st[i][:, p0:] for st in states])[pick]
+                        _skip_block(stack, self.c.blocks[i], s.clone() if i == start - 1 else s)
+                if n > 1 and one:
                     def widen(m, args, kwargs):
                         h = _get_hidden(args, kwargs)
                         return _set_hidden(args, kwargs, h.expand(n, -1, -1).contiguous())

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 
+import torch
+
 
 def cache_of(out):
     cache = getattr(out, "cache", None)
@@ -41,4 +43,18 @@ def widen_cache(base, rows: int, from_layer: int):
         if i >= from_layer and rows > 1 and keys is not None and keys.dim() == 4:
             layer.keys = keys.expand(rows, -1, -1, -1)
             layer.values = layer.values.expand(rows, -1, -1, -1)
+    return cache
+
+
+def stack_caches(caches: list, index) -> object:
+    """One cache for a batch whose row r continues prompt index[r]: every layer's keys and
+    values gathered from the one-row caches of the prompts."""
+    pick = torch.as_tensor(index)
+    cache = copy.copy(caches[0])
+    cache.layers = [copy.copy(layer) for layer in caches[0].layers]
+    for i, layer in enumerate(cache.layers):
+        keys = getattr(layer, "keys", None)
+        if keys is not None and keys.dim() == 4:
+            layer.keys = torch.cat([c.layers[i].keys for c in caches])[pick]
+            layer.values = torch.cat([c.layers[i].values for c in caches])[pick]
     return cache
