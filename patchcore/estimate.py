@@ -11,6 +11,10 @@ not calibrated yet, the estimate falls back to a rough guess from the model's si
 """
 from __future__ import annotations
 
+import json
+import math
+import os
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -36,6 +40,8 @@ class Calibration:
 
 
 _CALIBRATIONS: "weakref.WeakKeyDictionary[torch.nn.Module, Calibration]" = weakref.WeakKeyDictionary()
+_CORRECTIONS: dict = {}     # estimate key -> actual / estimated, learnt from runs (learn)
+_STARTED: "weakref.WeakSet" = weakref.WeakSet()
 _ESTIMATES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
@@ -101,19 +107,22 @@ def calibrate(model: LoadedModel, refresh: bool = False, wait: bool = True) -> C
 
 
 def forward_work(model: LoadedModel, n_tokens: int, sweep: str, batch_size: int | None = None,
-                 skip_lower: bool = True, first_diff: int = 0) -> tuple[int, float]:
+                 skip_lower: bool = True, first_diff: int = 0, wait: bool = True) -> tuple[int, float]:
     """(forward passes, cost units) the local backend will spend on a sweep, baseline included.
 
-    first_diff: the first position where the prompts differ; cells before it are not run."""
+    first_diff: the first position where the prompts differ; cells before it are not run.
+    wait=False: never run the backend's shortcut checks here (they are two forwards)."""
     spec = get_sweep(sweep)
     c = model.components
     T, L = n_tokens, c.n_layers
     cells = spec.grid(c, T)
     cells = cells[~before_first_diff(cells, first_diff)]
+    # patches over every position share the prefix before the first difference (engine.first_change)
+    same_before = first_diff
     backend = HookBackend(model)
     cm = backend.cost
     sup = backend.support(check=False)
-    if sup is None and skip_lower and model.lock.acquire(blocking=False):
+    if sup is None and skip_lower and wait and model.lock.acquire(blocking=False):
         try:
             sup = backend.support()          # two small forwards, once per model
         finally:
@@ -121,7 +130,7 @@ def forward_work(model: LoadedModel, n_tokens: int, sweep: str, batch_size: int 
     if sup is None:
         sup = {"prefix": True, "sliced": True, "skip": True, "head": True}   # busy, unchecked: usual
     batch = sweep_batch(torch.zeros(T, dtype=torch.long), spec.component, cells, [None] * L, 0, 0,
-                        skip_lower)
+                        skip_lower, same_before=same_before)
     perm = backend.order(batch)
     if perm is not None:
         batch = batch.subset(perm)
@@ -147,16 +156,87 @@ def forward_work(model: LoadedModel, n_tokens: int, sweep: str, batch_size: int 
     return forwards, work
 
 
+def _key(model: LoadedModel, kind: str) -> str:
+    return f"{model.label}|{model.device}|{str(model.dtype).replace('torch.', '')}|{kind}"
+
+
+def _corrections_file():
+    from .history import data_dir
+    return data_dir() / "estimates.json"
+
+
+def correction(model: LoadedModel, kind: str = "sweep") -> float:
+    """actual / estimated time of the latest runs of this model on this machine (1 before any)."""
+    key = _key(model, kind)
+    if key not in _CORRECTIONS:
+        try:
+            _CORRECTIONS.update(json.loads(_corrections_file().read_text()))
+        except (OSError, ValueError):
+            pass
+    value = _CORRECTIONS.get(key, 1.0)
+    return float(value) if isinstance(value, (int, float)) and 0.01 < value < 100 else 1.0
+
+
+def learn(model: LoadedModel, estimated: float | None, actual: float, kind: str = "sweep") -> None:
+    """After a run: move the correction towards actual / estimated (the estimate before any
+    correction), so the next estimate of this model on this machine is closer. Kept in the
+    data folder, next to the run history."""
+    if not estimated or not actual or estimated <= 0 or actual <= 0:
+        return
+    key = _key(model, kind)
+    ratio = float(np.clip(actual / (estimated / correction(model, kind)), 0.02, 50))
+    _CORRECTIONS[key] = ratio if key not in _CORRECTIONS else math.sqrt(_CORRECTIONS[key] * ratio)
+    try:
+        path = _corrections_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(_CORRECTIONS))
+        os.replace(tmp, path)
+    except OSError:
+        pass   # an estimate is a convenience: never an error
+
+
+def calibrate_soon(model: LoadedModel) -> None:
+    """Calibrate (and check the backend's shortcuts) on a background thread, once per model."""
+    if model.hf in _STARTED or model.hf in _CALIBRATIONS:
+        return
+    _STARTED.add(model.hf)
+
+    def work():
+        try:
+            calibrate(model)
+            with model.lock:
+                HookBackend(model).support()
+        except Exception:  # noqa: BLE001 - an estimate is a convenience, never an error
+            pass
+    threading.Thread(target=work, name="patchcore-calibrate", daemon=True).start()
+
+
 def estimate_seconds(model: LoadedModel, n_tokens: int, sweep: str, *, method: str = "exact",
                      batch_size: int | None = None, skip_lower: bool = True,
-                     first_diff: int = 0) -> float:
-    """Seconds a sweep should take on this machine (method 'exact' or 'atp').
+                     first_diff: int = 0, wait: bool = True) -> float:
+    """Seconds a sweep should take on this machine (method 'exact' or 'atp'), corrected by what
+    earlier runs of this model here took (learn).
 
-    The first call on a free model times two small forwards; while another run holds
-    the model it guesses from the model's size instead of waiting. Later calls are
-    arithmetic on a cached plan.
+    The first call on a free model times two small forwards; while another run holds the
+    model it guesses from the model's size instead. wait=False never blocks: an uncalibrated
+    model is calibrated on a background thread and meanwhile the guess is used. Later calls
+    are arithmetic on a cached plan.
     """
-    cal = calibrate(model, wait=False)
+    if not wait and model.hf not in _CALIBRATIONS:
+        calibrate_soon(model)
+        cal = Calibration(token_layer_flops(model.components) /
+                          _GUESS_FLOPS.get(torch.device(model.device).type, 2e10), False)
+    else:
+        cal = calibrate(model, wait=False)
+    return correction(model) * _raw_seconds(model, n_tokens, sweep, cal, method=method,
+                                            batch_size=batch_size, skip_lower=skip_lower,
+                                            first_diff=first_diff, wait=wait)
+
+
+def _raw_seconds(model: LoadedModel, n_tokens: int, sweep: str, cal: Calibration, *,
+                 method: str = "exact", batch_size: int | None = None, skip_lower: bool = True,
+                 first_diff: int = 0, wait: bool = True) -> float:
     cm, L = HookBackend(model).cost, model.components.n_layers
     if method == "atp":
         # one forward of both prompts with gradients kept, then a backward (~2 forwards)
@@ -168,7 +248,7 @@ def estimate_seconds(model: LoadedModel, n_tokens: int, sweep: str, *, method: s
     if key in memo:
         forwards, work = memo[key]
     else:
-        forwards, work = forward_work(model, n_tokens, sweep, batch_size, skip_lower, first_diff)
+        forwards, work = forward_work(model, n_tokens, sweep, batch_size, skip_lower, first_diff, wait)
         if cal.measured and HookBackend(model).support(check=False) is not None:   # no guesses
             memo[key] = (forwards, work)
     return cal.unit_s * work
