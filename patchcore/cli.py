@@ -161,10 +161,20 @@ def cmd_sweep(args) -> int:
         return cmd_atp(args, model, outputs)
     else:
         pair = PromptPair(args.clean, args.corrupted, args.answer, args.wrong)
+        warn_about_pair(model, pair)
         result = run_sweep(model, pair, args.sweep, args.direction, args.metric,
                            batch_size=args.batch_size, progress=_progress(args.quiet),
                            ablation=args.ablation, draws=args.draws, seed=args.seed)
     return finish(args, result, outputs, load_seconds=model.load_seconds)
+
+
+def warn_about_pair(model, pair) -> None:
+    """Advice that does not stop the run (an answer without its leading space, a clean prompt
+    the model gets wrong): one warning line each on stderr."""
+    from .advice import pair_advice
+    from .prompts import prepare_pair
+    for advice in pair_advice(model, prepare_pair(model.tokenizer, pair)):
+        print(f"patchcore: warning: {advice.message}", file=sys.stderr)
 
 
 def cmd_atp(args, model, outputs) -> int:

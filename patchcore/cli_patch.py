@@ -49,6 +49,9 @@ def cmd_patch(args) -> int:
                                  revision=args.revision, trust_remote_code=args.trust_remote_code))
     pairs = (load_dataset(args, model, pairs_data) if is_dataset(args)
              else PromptPair(args.clean, args.corrupted, args.answer, args.wrong))
+    if not is_dataset(args):
+        from .cli import warn_about_pair
+        warn_about_pair(model, pairs)
     kw = dict(direction=args.direction, metric=args.metric, ablation=args.ablation, draws=args.draws,
               seed=args.seed, n_boot=args.n_boot, batch_size=args.batch_size,
               progress=_progress(args.quiet))

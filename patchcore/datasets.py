@@ -473,6 +473,15 @@ def parse_upload(data: bytes | str, name: str | None = None, tokenizer=None,
                            "clean,corrupted,answer,wrong.")
     settings = {"source": "upload", "file": name or "", "format": fmt}
     ds = PairDataset(items, "upload", settings, rejected, [])
+    if tokenizer is not None:
+        from .advice import spacing_advice
+        unspaced = [it.line if it.line is not None else k + 1 for k, it in enumerate(items)
+                    if spacing_advice(tokenizer, it.pair)]
+        if unspaced:
+            where = ", ".join(map(str, unspaced[:8])) + (" …" if len(unspaced) > 8 else "")
+            ds.notes.append(f"{len(unspaced)} pair(s) have an answer or wrong answer without a leading "
+                            f"space (lines {where}); after a word the next token usually starts with "
+                            f"one (' Paris', not 'Paris'). Check those rows.")
     if not items:
         ds.notes.append("No row could be used; see the rejected rows.")
     return ds
