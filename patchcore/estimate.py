@@ -11,9 +11,7 @@ not calibrated yet, the estimate falls back to a rough guess from the model's si
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import threading
 import time
 import weakref
@@ -22,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import machine_cache
 from .backends.base import sweep_batch
 from .backends.hooks import HookBackend
 from .engine import batch_rows, before_first_diff
@@ -40,7 +39,6 @@ class Calibration:
 
 
 _CALIBRATIONS: "weakref.WeakKeyDictionary[torch.nn.Module, Calibration]" = weakref.WeakKeyDictionary()
-_CORRECTIONS: dict = {}     # estimate key -> actual / estimated, learnt from runs (learn)
 _STARTED: "weakref.WeakSet" = weakref.WeakSet()
 _ESTIMATES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
@@ -81,6 +79,12 @@ def calibrate(model: LoadedModel, refresh: bool = False, wait: bool = True) -> C
     cal = None if refresh else _CALIBRATIONS.get(model.hf)
     if cal is not None:
         return cal
+    key = machine_cache.model_key(model, "calibration")
+    known = None if refresh else machine_cache.get("calibration", key)
+    if isinstance(known, dict) and known.get("unit_s", 0) > 0:
+        CALIBRATED_COSTS[model.hf] = CostModel(*known["cost"])
+        cal = _CALIBRATIONS[model.hf] = Calibration(float(known["unit_s"]))
+        return cal
     if not model.lock.acquire(blocking=wait):
         dev = torch.device(model.device).type
         return Calibration(token_layer_flops(model.components) / _GUESS_FLOPS.get(dev, 2e10), False)
@@ -103,6 +107,8 @@ def calibrate(model: LoadedModel, refresh: bool = False, wait: bool = True) -> C
     units = [forward_cost(r, t, 0, L, cm, False) for r, t in points]
     cal = Calibration(max(sum(seconds) / sum(units), 1e-12))
     _CALIBRATIONS[model.hf] = cal
+    machine_cache.put("calibration", key, {"unit_s": cal.unit_s,
+                                           "cost": [cm.min_tokens, cm.layer_overhead, cm.unembed_layers]})
     return cal
 
 
@@ -156,24 +162,9 @@ def forward_work(model: LoadedModel, n_tokens: int, sweep: str, batch_size: int 
     return forwards, work
 
 
-def _key(model: LoadedModel, kind: str) -> str:
-    return f"{model.label}|{model.device}|{str(model.dtype).replace('torch.', '')}|{kind}"
-
-
-def _corrections_file():
-    from .history import data_dir
-    return data_dir() / "estimates.json"
-
-
 def correction(model: LoadedModel, kind: str = "sweep") -> float:
     """actual / estimated time of the latest runs of this model on this machine (1 before any)."""
-    key = _key(model, kind)
-    if key not in _CORRECTIONS:
-        try:
-            _CORRECTIONS.update(json.loads(_corrections_file().read_text()))
-        except (OSError, ValueError):
-            pass
-    value = _CORRECTIONS.get(key, 1.0)
+    value = machine_cache.get("estimates", machine_cache.model_key(model, kind), 1.0)
     return float(value) if isinstance(value, (int, float)) and 0.01 < value < 100 else 1.0
 
 
@@ -183,17 +174,10 @@ def learn(model: LoadedModel, estimated: float | None, actual: float, kind: str 
     data folder, next to the run history."""
     if not estimated or not actual or estimated <= 0 or actual <= 0:
         return
-    key = _key(model, kind)
+    key = machine_cache.model_key(model, kind)
+    before = machine_cache.get("estimates", key)
     ratio = float(np.clip(actual / (estimated / correction(model, kind)), 0.02, 50))
-    _CORRECTIONS[key] = ratio if key not in _CORRECTIONS else math.sqrt(_CORRECTIONS[key] * ratio)
-    try:
-        path = _corrections_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(_CORRECTIONS))
-        os.replace(tmp, path)
-    except OSError:
-        pass   # an estimate is a convenience: never an error
+    machine_cache.put("estimates", key, ratio if before is None else math.sqrt(before * ratio))
 
 
 def calibrate_soon(model: LoadedModel) -> None:

@@ -37,6 +37,7 @@ from contextlib import ExitStack
 import numpy as np
 import torch
 
+from .. import machine_cache
 from ..attention import pattern_hooks
 from ..models import LoadedModel
 from ..planner import CALIBRATED_COSTS, CostModel, Group, cost_model, plan_groups
@@ -96,6 +97,7 @@ def apply_writes(x: torch.Tensor, component: Component, components, groups, offs
     return x
 
 
+SHORTCUTS = ("prefix", "sliced", "skip", "head", "last_mlp")
 # per transformers model: which shortcuts were checked to hold (see HookBackend.support)
 _SUPPORT: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
@@ -235,7 +237,12 @@ class HookBackend(Backend):
         sup = _SUPPORT.get(self.hf)
         if sup is not None or not check:
             return sup
-        sup = {"prefix": False, "sliced": False, "skip": False, "head": False, "last_mlp": False}
+        key = machine_cache.model_key(self.model, "support")
+        known = machine_cache.get("support", key)
+        if isinstance(known, dict) and set(known) == set(SHORTCUTS):
+            _SUPPORT[self.hf] = known
+            return known
+        sup = dict.fromkeys(SHORTCUTS, False)
         with torch.inference_mode():
             g = torch.Generator().manual_seed(0)
             ids = torch.randint(0, self.c.vocab_size, (12,), generator=g)
@@ -287,6 +294,7 @@ class HookBackend(Backend):
                     return self._forward(ids.view(1, -1))
             sup["last_mlp"] = same(last_mlp)
         _SUPPORT[self.hf] = sup
+        machine_cache.put("support", key, sup)
         return sup
 
     def _last_position_mlp(self, stack: ExitStack) -> None:
