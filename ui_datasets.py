@@ -14,7 +14,8 @@ import pandas as pd
 import streamlit as st
 
 import ui_common as ui
-from patchcore.dataset_charts import mean_heatmap, quadrant_heatmap, quadrant_scatter, strip_plot
+from patchcore.charts import heatmap as mean_heatmap
+from patchcore.dataset_charts import quadrant_heatmap, quadrant_scatter, strip_plot
 from patchcore.dataset_run import BothResult, DatasetResult, run_both, run_dataset
 from patchcore.dataset_summary import QUADRANTS, cell_label, dataset_summary, quadrant_summary, quadrants
 from patchcore.errors import PatchError

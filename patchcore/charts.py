@@ -1,4 +1,14 @@
-"""Altair heatmaps of a result, shared by the dashboard, exports and the CLI."""
+"""Altair heatmaps of a result (one pair or a dataset), shared by the dashboard, exports and the CLI.
+
+One heatmap body for every result: layers down the side; token positions (labelled with
+the tokens, in order, repeats kept; positions where the prompts differ marked), heads or
+one column along the bottom. The view is one of
+
+- "normalized": how much of the clean behaviour a patch moved, the same way round in both
+  directions: restored (denoising: the normalised score) or destroyed (noising: 1 − score),
+  so the cells that matter are the strong ones either way (sites.Direction.effect);
+- "value": the raw metric, coloured around the unpatched target run's value.
+"""
 from __future__ import annotations
 
 import json
@@ -8,9 +18,11 @@ import numpy as np
 import pandas as pd
 
 from .results import PatchResult
+from .sites import get_direction
 
 CELL_TEXT_LIMIT = 500  # draw numbers in cells only when there are few enough to read
 SELECT_NAME = "cell"
+HEAD_AXES = ("head", "kv_head")
 
 
 def chart_frame(r: PatchResult, head: int | None = None, position: int | None = None) -> pd.DataFrame:
@@ -28,86 +40,168 @@ def chart_axes(r: PatchResult, position: int | None = None) -> tuple[str, str]:
     """(x field, y field) of the heatmap."""
     if r.axes == ("layer",):
         return "column", "layer"
-    if r.axes == ("layer", "head") or (len(r.axes) == 3 and position is not None):
-        return "head", "layer"
+    if (len(r.axes) == 2 and r.axes[1] in HEAD_AXES) or (len(r.axes) == 3 and position is not None):
+        return r.axes[-1], "layer"
     return "position", "layer"
 
 
-def heatmap(r: PatchResult, value: str = "normalized", head: int | None = None,
-            position: int | None = None, width: int | None = None,
-            selectable: bool = True) -> alt.LayerChart:
-    """Layer × position (token labels, in order, repeats kept), layer × head, or layer only."""
-    df = chart_frame(r, head, position)
-    x, y = chart_axes(r, position)
-    if x == "column":
-        df = df.assign(column="all positions")
-    finite = df[value].to_numpy(dtype=float)
-    finite = finite[np.isfinite(finite)]
-    extent = float(np.abs(finite).max()) if finite.size else 1.0
-    if value == "normalized":
-        extent = max(extent, 1.0)
-    extent = extent or 1.0
-    df = df.assign(shown=df[value].round(2))
-
+def x_encoding(r, x: str, labels=None) -> alt.X:
+    """Token labels on positions (the differing ones in red, bold), heads upright."""
     if x == "position":
-        labels = json.dumps([t.strip() or repr(t) for t in r.tokens])
-        x_enc = alt.X("position:O", title="token position",
-                      # every token label shown: Vega-Lite would hide overlapping ones
-                      axis=alt.Axis(labelExpr=f"{labels}[datum.value]", labelAngle=-45,
-                                    labelOverlap=False))
-    elif x == "head":
-        x_enc = alt.X("head:O", title="head")
-    else:
-        x_enc = alt.X("column:N", title=None)
-    y_enc = alt.Y("layer:O", title="layer", sort="ascending")
-    vtitle = "normalised score" if value == "normalized" else f"{r.metric} (raw)"
-    # diverging colours centred on "no change": 0 for scores, the corrupted run's metric for raw values
-    if value == "normalized":
-        scale = alt.Scale(scheme="redblue", reverse=True, domainMid=0, domain=[-extent, extent])
-    else:
-        scale = alt.Scale(scheme="redblue", reverse=True, domainMid=float(r.corrupted_metric))
-    tooltip = [alt.Tooltip(f"{a}:O") for a in ("layer", "position", "head") if a in df.columns]
-    if "token" in df.columns:
-        tooltip.insert(2, alt.Tooltip("token:N"))
-    tooltip += [alt.Tooltip("value:Q", title=f"{r.metric} (raw)", format=".3f"),
-                alt.Tooltip("normalized:Q", title="normalised", format=".3f")]
-    base = alt.Chart(df)
-    rect = base.mark_rect().encode(
-        x=x_enc, y=y_enc,
-        color=alt.Color(f"{value}:Q", title=vtitle, scale=scale),
-        tooltip=tooltip,
-    )
-    if selectable:
-        fields = [f for f in ("layer", "position", "head") if f in df.columns]
-        sel = alt.selection_point(name=SELECT_NAME, fields=fields, on="click", clear="dblclick")
-        rect = rect.add_params(sel)
-    layers = [rect]
-    if len(df) <= CELL_TEXT_LIMIT:
-        text = base.mark_text(fontSize=9).encode(
-            x=x_enc, y=y_enc, text=alt.Text("shown:Q", format=".2f"),
-            color=alt.condition(f"abs(datum.{value}) > {0.6 * extent}", alt.value("white"),
-                                alt.value("black")) if value == "normalized" else alt.value("black"),
-            tooltip=tooltip,
-        )
-        layers.append(text)
-    n_rows = df["layer"].nunique()
-    n_cols = df[x].nunique()
-    title = chart_title(r, head, position)
-    return alt.layer(*layers).properties(
-        title=title,
-        width=width or max(160, min(900, 42 * n_cols)),
-        height=max(120, min(900, 18 * n_rows)),
-    )
+        shown = [str(t).strip() or repr(t) for t in (labels or r.tokens)]
+        other = getattr(r, "corrupted_tokens", None) or []
+        for p in getattr(r, "diff_positions", []) or []:      # both prompts' tokens where they differ
+            if labels is None and p < len(other) and p < len(shown):
+                shown[p] = f"{shown[p]} / {str(other[p]).strip() or repr(other[p])}"
+        labels = json.dumps(shown)
+        diff = json.dumps(sorted(int(p) for p in getattr(r, "diff_positions", []) or []))
+        title = "role" if getattr(r, "aligned_by", "") == "role" else "token position"
+        # the title sits on the axis, not the field: a cell's aria-label then reads 'position: 5'
+        return alt.X("position:O", axis=alt.Axis(
+            title=title + " (red: where the prompts differ)" if diff != "[]" else title,
+            labelExpr=f"{labels}[datum.value]", labelAngle=-45, labelOverlap=False,
+            labelColor=alt.ExprRef(f"indexof({diff}, datum.value) >= 0 ? '#b2182b' : '#333'"),
+            labelFontWeight=alt.ExprRef(f"indexof({diff}, datum.value) >= 0 ? 'bold' : 'normal'")))
+    if x in HEAD_AXES:
+        return alt.X(f"{x}:O", axis=alt.Axis(title="key/value head" if x == "kv_head" else "head",
+                                             labelAngle=0))
+    return alt.X("column:N", title=None, axis=alt.Axis(labelAngle=0))
 
 
-def chart_title(r: PatchResult, head=None, position=None) -> str:
+def y_encoding(n_layers: int) -> alt.Y:
+    """Every layer labelled (Vega-Lite would drop every other one on a tall chart)."""
+    return alt.Y("layer:O", title="layer", sort="ascending",
+                 axis=alt.Axis(values=list(range(n_layers)), labelOverlap=False))
+
+
+def size(df: pd.DataFrame, x: str, width=None) -> dict:
+    return {"width": width or max(160, min(900, 42 * df[x].nunique())),
+            "height": max(120, min(900, 18 * df["layer"].nunique()))}
+
+
+def _subtitle(r) -> list[str]:
+    out = []
+    n = getattr(r, "n_pairs", 1)
+    if n > 1:
+        out.append(f"Mean of {n} pairs; first pair: clean “{r.pair.clean}”")
+    else:
+        out.append(f"Clean: “{r.pair.clean}” → {r.pair.answer!r}")
+        out.append(f"Corrupted: “{r.pair.corrupted}” → {r.pair.wrong!r}")
+    out.append(f"Model: {r.model}" + (f" · ablation: {r.ablation}" if r.ablation != "corrupted" else ""))
+    return out
+
+
+def view_title(r, view: str) -> str:
+    """What the colour shows, in words."""
+    if view == "value":
+        return f"{_metric_words(r.metric)} after the patch"
+    d = get_direction(r.direction)
+    return ("share of the clean behaviour restored" if d.restores else
+            "share of the clean behaviour destroyed")
+
+
+def _metric_words(metric: str) -> str:
+    return {"logit_diff": "logit difference", "prob": "probability of the answer",
+            "logprob": "log-probability of the answer"}.get(metric, metric)
+
+
+def chart_title(r, head=None, position=None) -> str:
     from .sweeps import SWEEPS
 
-    t = f"{SWEEPS[r.sweep].title} — {r.direction}, {r.metric}"
+    d = get_direction(r.direction)
+    what = "clean activations copied into the corrupted run" if d.restores else \
+        "corrupted activations copied into the clean run"
+    t = f"{SWEEPS[r.sweep].title}: {what}"
+    if getattr(r, "path", None):
+        t = f"Path patching, {SWEEPS[r.sweep].title.split(',')[0].lower()} → " \
+            f"{', '.join(r.path['receivers'])}: {what}"
+    if getattr(r, "n_pairs", 1) > 1:
+        t += f", mean of {r.n_pairs} pairs"
     if len(r.axes) == 3:
         t += f" — position {position} ({r.tokens[position]!r})" if position is not None \
             else f" — head {0 if head is None else head}"
     return t
+
+
+def heatmap(r: PatchResult, value: str = "normalized", head: int | None = None,
+            position: int | None = None, width: int | None = None, selectable: bool = True,
+            selected: dict | None = None) -> alt.LayerChart:
+    """The heatmap of a result (see the module docstring); `selected` outlines one cell."""
+    d = get_direction(r.direction)
+    df = chart_frame(r, head, position)
+    x, _ = chart_axes(r, position)
+    if x == "column":
+        df = df.assign(column="all positions")
+    df = df.assign(damage=1.0 - df["normalized"])
+    field = "value" if value == "value" else ("normalized" if d.restores else "damage")
+    vals = df[field].to_numpy(dtype=float)
+    vals = vals[np.isfinite(vals)]
+    if field == "value":   # centred on the unpatched target run, symmetric: small changes stay pale
+        mid = float(d.target_metric(r.clean_metric, r.corrupted_metric))
+        extent = float(np.abs(vals - mid).max()) if vals.size else 1.0
+        scale = alt.Scale(scheme="redblue", reverse=True, domainMid=mid,
+                          domain=[mid - (extent or 1.0), mid + (extent or 1.0)])
+    else:
+        extent = max(float(np.abs(vals).max()) if vals.size else 1.0, 1.0)
+        mid = 0.0
+        scale = alt.Scale(scheme="redblue", reverse=True, domainMid=0, domain=[-extent, extent])
+    dataset = "normalized_low" in df.columns
+    if dataset:
+        lo, hi = ("ci_low", "ci_high") if field == "value" else ("normalized_low", "normalized_high")
+        low, high = df[lo], df[hi]
+        if field == "damage":
+            low, high = 1.0 - df["normalized_high"], 1.0 - df["normalized_low"]
+        nlo, nhi = df["normalized_low"], df["normalized_high"]
+        zero = d.effect(0.0)   # the score of no effect (effect() is its own inverse)
+        df = df.assign(low=low, high=high, certain=np.where(
+            ~(np.isfinite(nlo) & np.isfinite(nhi)), "no interval",
+            np.where((nlo <= zero) & (nhi >= zero), "not clear (interval includes no effect)",
+                     "clear effect")))
+    df = df.assign(shown=df[field].round(2))
+    x_enc, y_enc = x_encoding(r, x), y_encoding(r.n_layers)
+    fields = [a for a in ("layer", "position") + HEAD_AXES if a in df.columns]
+    tooltip = [alt.Tooltip(f"{a}:O") for a in fields]
+    if "token" in df.columns:
+        tooltip.insert(2, alt.Tooltip("token:N", title="role" if getattr(r, "aligned_by", "") == "role"
+                                      else "token"))
+    tooltip += [alt.Tooltip("value:Q", title=f"{_metric_words(r.metric)} (raw)", format=".3f"),
+                alt.Tooltip("normalized:Q", title="normalised score", format=".3f")]
+    if field == "damage":
+        tooltip.append(alt.Tooltip("damage:Q", title="destroyed (1 − score)", format=".3f"))
+    if dataset:
+        tooltip += [alt.Tooltip("low:Q", title=f"{r.level:.0%} interval low", format=".3f"),
+                    alt.Tooltip("high:Q", title=f"{r.level:.0%} interval high", format=".3f"),
+                    alt.Tooltip("certain:N", title="effect"), alt.Tooltip("n_pairs:Q", title="pairs")]
+    base = alt.Chart(df)
+    color = alt.Color(f"{field}:Q", title=view_title(r, value), scale=scale,
+                      legend=alt.Legend(orient="bottom", direction="horizontal", gradientLength=220,
+                                        titleLimit=500))
+    rect = base.mark_rect().encode(x=x_enc, y=y_enc, color=color, tooltip=tooltip)
+    if getattr(r, "noise_floor", 0) > 0:   # low precision: changes within the measured noise fade
+        target = float(d.target_metric(r.clean_metric, r.corrupted_metric))
+        df["in_noise"] = (df["value"] - target).abs() <= r.noise_floor
+        base = alt.Chart(df)
+        rect = base.mark_rect().encode(x=x_enc, y=y_enc, color=color, tooltip=tooltip + [
+            alt.Tooltip("in_noise:N", title=f"within the noise floor (±{r.noise_floor:.2g})")],
+            opacity=alt.condition("datum.in_noise", alt.value(0.35), alt.value(1.0)))
+    if selectable:
+        pick = [{k: int(v) for k, v in selected.items() if k in fields}] if selected else None
+        sel = alt.selection_point(name=SELECT_NAME, fields=fields, on="click", clear="dblclick",
+                                  empty=False, value=pick)
+        rect = rect.add_params(sel).encode(
+            stroke=alt.condition(sel, alt.value("#111"), alt.value(None)),
+            strokeWidth=alt.condition(sel, alt.value(2.5), alt.value(0)))
+    layers = [rect]
+    if len(df) <= CELL_TEXT_LIMIT:
+        strong = f"abs(datum['{field}'] - {mid}) > {0.6 * (extent or 1.0)}"
+        layers.append(base.mark_text(fontSize=9).encode(
+            x=x_enc, y=y_enc, text=alt.Text("shown:Q", format=".2f"), tooltip=tooltip,
+            color=alt.condition(strong, alt.value("white"), alt.value("black")),
+            opacity=alt.condition("datum.certain == 'not clear (interval includes no effect)'",
+                                  alt.value(0.45), alt.value(1.0)) if dataset else alt.value(1.0)))
+    return alt.layer(*layers).properties(
+        title=alt.TitleParams(chart_title(r, head, position), subtitle=_subtitle(r), anchor="start"),
+        **size(df, x, width))
 
 
 def chart_png(chart: alt.TopLevelMixin, scale: float = 2.0) -> bytes:

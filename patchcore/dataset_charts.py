@@ -1,14 +1,12 @@
-"""Altair charts for dataset runs: mean heatmap with intervals, per-pair strip plot,
-quadrant views, and the difference heatmap of two runs."""
+"""Altair charts for dataset runs beyond the heatmap (charts.heatmap draws means with their
+intervals): the per-pair strip plot, the quadrant views, the difference heatmap of two runs."""
 from __future__ import annotations
-
-import json
 
 import altair as alt
 import numpy as np
 import pandas as pd
 
-from .charts import CELL_TEXT_LIMIT, SELECT_NAME, chart_axes, chart_frame
+from .charts import CELL_TEXT_LIMIT, chart_axes, size as _size, x_encoding as _x_encoding, y_encoding
 from .compare import Comparison
 from .results import BothResult, DatasetResult
 from .sites import get_direction
@@ -17,86 +15,6 @@ from .summary import STRONG
 
 QUADRANT_COLORS = {"needed and enough": "#1b7837", "needed but not enough": "#e08214",
                    "enough but not needed": "#2166ac", "neither": "#d9d9d9", "unknown": "#ffffff"}
-
-
-def _x_encoding(r, x: str, labels=None):
-    if x == "position":
-        labels = json.dumps([str(t).strip() or repr(t) for t in (labels or r.tokens)])
-        title = "role" if getattr(r, "aligned_by", "") == "role" else "token position"
-        # the title sits on the axis, not the field: a cell's aria-label then reads 'position: 5',
-        # and its role/token reads from the tooltip field
-        return alt.X("position:O", axis=alt.Axis(title=title, labelExpr=f"{labels}[datum.value]",
-                                                 labelAngle=-45, labelOverlap=False))
-    if x == "head":
-        return alt.X("head:O", title="head")
-    return alt.X("column:N", title=None)
-
-
-def _size(df: pd.DataFrame, x: str, width=None) -> dict:
-    return {"width": width or max(160, min(900, 42 * df[x].nunique())),
-            "height": max(120, min(900, 18 * df["layer"].nunique()))}
-
-
-def mean_heatmap(r: DatasetResult, value: str = "normalized", head: int | None = None,
-                 position: int | None = None, width: int | None = None,
-                 selectable: bool = True) -> alt.LayerChart:
-    """Mean over pairs per cell; hover shows the interval and the number of pairs.
-
-    Click a cell (selection 'cell', fields layer/position/head) to pick it for the strip plot.
-    """
-    df = chart_frame(r, head, position)
-    x, y = chart_axes(r, position)
-    if x == "column":
-        df = df.assign(column="all positions")
-    lo_col, hi_col = ("normalized_low", "normalized_high") if value == "normalized" else ("ci_low", "ci_high")
-    df = df.assign(low=df[lo_col], high=df[hi_col], shown=df[value].round(2))
-    # "uncertain": the interval of the effect includes zero, i.e. the normalised interval
-    # includes 0 (denoising: nothing restored) or 1 (noising: nothing destroyed)
-    zero = get_direction(r.direction).effect(0.0)   # effect() is its own inverse: the no-effect score
-    nlo, nhi = df["normalized_low"], df["normalized_high"]
-    df["certain"] = np.where(~(np.isfinite(nlo) & np.isfinite(nhi)), "no interval",
-                             np.where((nlo <= zero) & (nhi >= zero),
-                                      "not clear (interval includes no effect)", "clear effect"))
-    finite = df[value].to_numpy(dtype=float)
-    finite = finite[np.isfinite(finite)]
-    extent = float(np.abs(finite).max()) if finite.size else 1.0
-    if value == "normalized":
-        extent = max(extent, 1.0)
-        scale = alt.Scale(scheme="redblue", reverse=True, domainMid=0, domain=[-extent, extent])
-        vtitle = "mean normalised score"
-    else:
-        scale = alt.Scale(scheme="redblue", reverse=True, domainMid=r.corrupted_metric)
-        vtitle = f"mean {r.metric} (raw)"
-    x_enc, y_enc = _x_encoding(r, x), alt.Y("layer:O", title="layer", sort="ascending")
-    tooltip = [alt.Tooltip(f"{a}:O") for a in ("layer", "position", "head") if a in df.columns]
-    if "token" in df.columns:
-        tooltip.insert(2, alt.Tooltip("token:N", title="role" if r.aligned_by == "role" else "token"))
-    fmt = ".3f"
-    tooltip += [alt.Tooltip(f"{value}:Q", title=vtitle, format=fmt),
-                alt.Tooltip("low:Q", title=f"{r.level:.0%} interval low", format=fmt),
-                alt.Tooltip("high:Q", title=f"{r.level:.0%} interval high", format=fmt),
-                alt.Tooltip("certain:N", title="effect"),
-                alt.Tooltip("n_pairs:Q", title="pairs")]
-    base = alt.Chart(df)
-    rect = base.mark_rect().encode(x=x_enc, y=y_enc, color=alt.Color(f"{value}:Q", title=vtitle, scale=scale),
-                                   tooltip=tooltip)
-    if selectable:
-        fields = [f for f in ("layer", "position", "head") if f in df.columns]
-        rect = rect.add_params(alt.selection_point(name=SELECT_NAME, fields=fields, on="click",
-                                                   clear="dblclick"))
-    layers = [rect]
-    if len(df) <= CELL_TEXT_LIMIT:
-        layers.append(base.mark_text(fontSize=9).encode(
-            x=x_enc, y=y_enc, text=alt.Text("shown:Q", format=".2f"),
-            color=alt.condition(f"abs(datum['{value}'] - {0 if value == 'normalized' else r.corrupted_metric}) "
-                                f"> {0.6 * extent}", alt.value("white"), alt.value("black")),
-            opacity=alt.condition("datum.certain == 'clear effect'", alt.value(1.0), alt.value(0.45)),
-            tooltip=tooltip))
-    from .sweeps import SWEEPS
-    title = f"{SWEEPS[r.sweep].title} — {r.direction}, mean of {r.n_pairs} pairs"
-    if len(r.axes) == 3:
-        title += f" — {r.tokens[position]}" if position is not None else f" — head {head or 0}"
-    return alt.layer(*layers).properties(title=title, **_size(df, x, width))
 
 
 def strip_frame(r: DatasetResult, idx: tuple, value: str = "normalized") -> pd.DataFrame:
@@ -158,7 +76,7 @@ def quadrant_heatmap(both: BothResult, threshold: float = STRONG, head: int | No
         q = q.assign(column="all positions")
     q = q.assign(sure_text=np.where(q["sure"], "clear", "uncertain"),
                  enough_pct=q["enough"] * 100, needed_pct=q["needed"] * 100)
-    x_enc, y_enc = _x_encoding(d, x), alt.Y("layer:O", title="layer", sort="ascending")
+    x_enc, y_enc = _x_encoding(d, x), y_encoding(d.n_layers)
     domain = QUADRANT_ORDER + ["unknown"]
     tooltip = [alt.Tooltip("component:N"), alt.Tooltip("quadrant:N"),
                alt.Tooltip("enough_pct:Q", title="restoring brings back (%)", format=".0f"),
@@ -218,7 +136,7 @@ def difference_heatmap(c: Comparison, head: int | None = None, position: int | N
                 alt.Tooltip("b:Q", title=f"run B {what}", format=".3f"),
                 alt.Tooltip("diff:Q", title="A − B", format=".3f")]
     x_enc = _x_encoding(r, x, c.labels)
-    y_enc = alt.Y("layer:O", title="layer", sort="ascending")
+    y_enc = y_encoding(r.n_layers)
     df = df.assign(shown=df["diff"].round(2))
     base = alt.Chart(df)
     rect = base.mark_rect().encode(

@@ -21,7 +21,7 @@ from .results import BothResult, DatasetResult
 from .sites import get_direction
 from .stats import describe_interval, mean_ci
 from .sweeps import get_sweep
-from .summary import STRONG, _runs, _span
+from .summary import STRONG, _runs, _span, metric_words
 
 NOTABLE = 0.2  # a mean effect this large is worth a word even when uncertain
 
@@ -89,7 +89,7 @@ def dataset_summary(r: DatasetResult, top_k: int = 3) -> list[str]:
                f"intervals over pairs ({r.n_boot} resamples).")
     cm, cl, ch = mean_ci(r.pair_clean, n_boot=r.n_boot, level=r.level, seed=r.boot_seed)
     km, kl, kh = mean_ci(r.pair_corrupted, n_boot=r.n_boot, level=r.level, seed=r.boot_seed)
-    out.append(f"Baseline {r.metric}: clean prompts {describe_interval(float(cm), float(cl), float(ch), False, r.level)}, "
+    out.append(f"Baseline {metric_words(r.metric)}: clean prompts {describe_interval(float(cm), float(cl), float(ch), False, r.level)}, "
                f"corrupted prompts {describe_interval(float(km), float(kl), float(kh), False, r.level)}"
                + (f" (first pair: answer {p.answer!r}, wrong {p.wrong!r})." if src != "ioi" else
                   " (answer: the indirect object's name; wrong: the subject's name)."))

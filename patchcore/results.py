@@ -54,6 +54,7 @@ class PatchResult:
     diff_positions: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     created: str = ""
+    corrupted_tokens: list = field(default_factory=list)   # the corrupted prompt's tokens
 
     @property
     def normalized(self) -> np.ndarray:
@@ -109,6 +110,7 @@ class PatchResult:
             "clean_top": [list(t) for t in self.clean_top],
             "corrupted_top": [list(t) for t in self.corrupted_top],
             "diff_positions": list(self.diff_positions),
+            "corrupted_tokens": list(self.corrupted_tokens),
             "warnings": list(self.warnings),
             "created": self.created,
         }
@@ -129,6 +131,7 @@ class PatchResult:
             path=d.get("path"), noise_floor=float(d.get("noise_floor") or 0.0), clean_top=[tuple(t) for t in d.get("clean_top", [])],
             corrupted_top=[tuple(t) for t in d.get("corrupted_top", [])],
             diff_positions=list(d.get("diff_positions", [])),
+            corrupted_tokens=list(d.get("corrupted_tokens", [])),
             warnings=list(d.get("warnings", [])), created=d.get("created", ""),
         )
 
@@ -384,7 +387,7 @@ def new_result(model, spec, direction: str, metric: str, values, clean: float, c
                 n_layers=c.n_layers, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, **stamp(model))
     if prepared is not None:
         base.update(tokens=prepared.clean_tokens, pair=prepared.pair,
-                    diff_positions=prepared.diff_positions)
+                    diff_positions=prepared.diff_positions, corrupted_tokens=prepared.corrupted_tokens)
     base.update(fields)
     result = cls(**base)
     result.warnings.extend(result_warnings(result))

@@ -27,7 +27,7 @@ _SINGLE_KEYS = {"model", "sweep", "direction", "metric", "method", "backend", "t
                 "corrupted_metric", "axes", "values", "normalized", "seconds", "forward_rows", "n_patches",
                 "batch_size", "device", "dtype", "n_layers", "n_heads", "pair", "clean_top", "corrupted_top",
                 "diff_positions", "warnings", "created", "kind", "ablation", "reference", "path",
-                "n_kv_heads", "noise_floor"}
+                "n_kv_heads", "noise_floor", "corrupted_tokens"}
 _DATASET_KEYS = {"n_pairs", "per_pair", "pair_clean", "pair_corrupted", "ci_low", "ci_high",
                  "normalized_low", "normalized_high", "ci_level", "n_boot", "boot_seed", "aligned_by",
                  "pairs", "dataset", "notes", "rejected"}
@@ -214,6 +214,10 @@ def _check_patch_result(d, where: str, dataset: bool) -> None:
         _text(d["ablation"], at("ablation"), choices=list(ABLATIONS))
     if "reference" in d:
         _text(d["reference"], at("reference"))
+    if "corrupted_tokens" in d:
+        other = _texts(d["corrupted_tokens"], at("corrupted_tokens"), max_len=MAX_NAME)
+        if other and len(other) != len(tokens):
+            _bad(at("corrupted_tokens"), f"has {len(other)} entries, not {len(tokens)} (one per token)")
     if "noise_floor" in d:
         _num(d["noise_floor"], at("noise_floor"), lo=0)
     if d.get("path") is not None:

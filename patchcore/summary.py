@@ -21,8 +21,26 @@ def num(x: float, spec: str = ".2f") -> str:
     return t[1:] if t.startswith("-") and float(t.rstrip("%")) == 0 else t
 
 
+METRIC_WORDS = {"logit_diff": "logit difference", "prob": "probability of the answer",
+                "logprob": "log-probability of the answer"}
+_NTH = ["first", "second", "third", "fourth", "fifth"]
+
+
+def metric_words(metric: str) -> str:
+    return METRIC_WORDS.get(metric, metric)
+
+
 def _tok(r: PatchResult, pos: int) -> str:
     return repr(r.tokens[pos])
+
+
+def word_at(r: PatchResult, pos: int) -> str:
+    """'the second 'Mary'' when the word occurs more than once before, else just the word."""
+    tok = r.tokens[pos]
+    seen = sum(1 for t in r.tokens[:pos + 1] if t == tok)
+    total = sum(1 for t in r.tokens if t == tok)
+    word = repr(tok.strip() or tok)
+    return f"the {_NTH[seen - 1]} {word}" if total > 1 and seen <= len(_NTH) else f"the word {word}"
 
 
 def cell_name(r: PatchResult, idx: tuple) -> str:
@@ -49,26 +67,49 @@ def effect(r: PatchResult) -> np.ndarray:
 
 
 def meaning(r: PatchResult, score: float) -> str:
-    """What one normalised score means, in words."""
+    """What one normalised score means, in words (noising: the share destroyed, 1 − score)."""
     if not np.isfinite(score):
         return "No normalised score (clean and corrupted runs give the same metric)."
-    pct = num(score * 100, ".0f") + "%"
+    e = get_direction(r.direction).effect(score)
+    pct = num(e * 100, ".0f") + "%"
     if get_direction(r.direction).restores:
-        if score >= 0.8:
+        if e >= 0.8:
             return f"Patching this alone restores {pct} of the clean behaviour: it carries the information."
-        if score >= 0.2:
+        if e >= 0.2:
             return f"Patching this restores {pct} of the clean behaviour: it carries part of the information."
-        if score > NEGATIVE:
+        if e > NEGATIVE:
             return f"Patching this changes little ({pct}): on its own it does not carry the information."
         return f"Patching this pushes further towards the wrong answer ({pct})."
-    kept = score
-    if kept <= 0.2:
-        return f"Corrupting this leaves {pct} of the clean behaviour: the model needs it."
-    if kept <= 0.8:
-        return f"Corrupting this leaves {pct} of the clean behaviour: it matters in part."
-    if kept < 1.2:
-        return f"Corrupting this leaves {pct} of the clean behaviour: the model does not need it."
+    if e >= 0.8:
+        return f"Corrupting this destroys {pct} of the clean behaviour: the model needs it."
+    if e >= 0.2:
+        return f"Corrupting this destroys {pct} of the clean behaviour: it matters in part."
+    if e > NEGATIVE:
+        return f"Corrupting this destroys only {pct} of the clean behaviour: the model does not need it."
     return f"Corrupting this makes the clean answer even stronger ({pct})."
+
+
+def story(r: PatchResult) -> str | None:
+    """One sentence that tells what the heatmap says, e.g. which word the model relies on."""
+    d = get_direction(r.direction)
+    e = d.effect(r.normalized)
+    if not np.isfinite(e).any():
+        return None
+    flat = np.where(np.isfinite(e), e, -np.inf)
+    idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(flat)), e.shape))
+    best = float(e[idx])
+    if best < 0.2:
+        return ("In short: no single piece carries the behaviour on its own; it is spread out, or "
+                "needs several pieces together (try patching them together).")
+    verb = "restores" if d.restores else "destroys"
+    pct = num(best * 100, ".0f") + "%"
+    if "position" in r.axes:
+        pos = idx[r.axes.index("position")]
+        what = f"{cell_name(r, idx).split(',')[0]}" if len(r.axes) == 2 else cell_name(r, idx)
+        return (f"In short: the model relies on {word_at(r, pos)} (position {pos}): "
+                f"{'patching' if d.restores else 'corrupting'} it at {what} {verb} {pct} of the "
+                f"clean behaviour.")
+    return f"In short: {cell_name(r, idx)} matters most: patching it {verb} {pct} of the clean behaviour."
 
 
 def _runs(indices) -> list[tuple[int, int]]:
@@ -94,19 +135,23 @@ def summarize(r: PatchResult, top_k: int = 3) -> list[str]:
     """A handful of plain sentences describing the result."""
     out = []
     p = r.pair
+    told = story(r)
+    if told and not r.path:
+        out.append(told)
     if r.path:
         to = ", ".join(r.path["receivers"])
         out.append(f"Path patching: each cell is one sender's effect through {to}"
                    + (" (the direct path; every other head and MLP frozen)." if to == "logits" else
                       " (every other head and MLP frozen on the way)." if to != "all" else "."))
     out.append(
-        f"Baseline: with the clean prompt the {r.metric} is {r.clean_metric:+.3g}; with the corrupted "
-        f"prompt it is {r.corrupted_metric:+.3g} (answer {p.answer!r}, wrong {p.wrong!r})."
+        f"Baseline: with the clean prompt the {metric_words(r.metric)} is {r.clean_metric:+.3g}; with "
+        f"the corrupted prompt it is {r.corrupted_metric:+.3g} (answer {p.answer!r}, wrong {p.wrong!r})."
     )
-    out.append("Denoising: clean activations were copied into the corrupted run; 1 means the clean "
-               "answer is fully back, 0 means no change." if get_direction(r.direction).restores else
-               "Noising: corrupted activations were copied into the clean run; 0 means the clean "
-               "answer was destroyed, 1 means no change.")
+    out.append("Denoising: clean activations were copied into the corrupted run; each cell shows the "
+               "share of the clean behaviour restored (1 = all of it, 0 = no change)."
+               if get_direction(r.direction).restores else
+               "Noising: corrupted activations were copied into the clean run; each cell shows the "
+               "share of the clean behaviour destroyed (1 = all of it, 0 = no change).")
     e = effect(r)
     if not np.isfinite(e).any():
         out.append("The clean and corrupted runs give the same metric, so scores cannot be "
@@ -116,7 +161,7 @@ def summarize(r: PatchResult, top_k: int = 3) -> list[str]:
     order = np.argsort(-flat)[:top_k]
     tops = [np.unravel_index(i, e.shape) for i in order if np.isfinite(flat[i])]
     s = r.normalized
-    listed = "; ".join(f"{cell_name(r, tuple(int(x) for x in t))}: {num(s[t])}" for t in tops)
+    listed = "; ".join(f"{cell_name(r, tuple(int(x) for x in t))}: {num(e[t])}" for t in tops)
     out.append(f"Strongest effect{'s' if len(tops) > 1 else ''}: {listed}. " + meaning(r, float(s[tops[0]])))
 
     if r.axes == ("layer", "position"):
@@ -144,7 +189,7 @@ def summarize(r: PatchResult, top_k: int = 3) -> list[str]:
         lead = ("Pushing the other way (towards the wrong answer): " if get_direction(r.direction).restores else
                 "Corrupting these makes the clean answer even stronger (they work against it): ")
         out.append(lead +
-                   "; ".join(f"{cell_name(r, tuple(int(x) for x in t))}: {num(s[t])}" for t in negs) + ".")
+                   "; ".join(f"{cell_name(r, tuple(int(x) for x in t))}: {num(e[t])}" for t in negs) + ".")
 
     if r.noise_floor > 0:
         out.append(f"Low precision ({r.dtype}): unpatched rows run in the same batches landed up to "
@@ -193,7 +238,8 @@ def patch_summary(r) -> list[str]:
     else:
         head = f"Patched {sites} together."
     out = [head + f" {d.title}, ablation: {r.ablation}."]
-    out.append(f"Baseline {r.metric}: clean {r.clean_metric:+.3g}, corrupted {r.corrupted_metric:+.3g}"
+    out.append(f"Baseline {metric_words(r.metric)}: clean {r.clean_metric:+.3g}, corrupted "
+               f"{r.corrupted_metric:+.3g}"
                + (f" (means over {r.n_pairs} pairs)." if r.n_pairs > 1 else "."))
     s = r.normalized
     line = f"Patched: {r.value:+.3g}, normalised score {num(s)}"
