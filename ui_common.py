@@ -24,7 +24,7 @@ from streamlit import config as st_config
 
 from patchcore import (DEFAULT_PAIR, DIRECTIONS, METRICS, SWEEPS, Cancelled, ModelSpec, PatchError,
                        PromptPair, load_model, plan, prepare_pair, run_baseline, run_sweep)
-from patchcore.access import check_model_access
+from patchcore.access import check_link_model, check_load, link_model_problem
 from patchcore.charts import chart_png, chart_svg, heatmap
 from patchcore.history import save_run
 from patchcore.models import DTYPES, EMBEDDED, EMBEDDED_LABEL
@@ -50,7 +50,6 @@ DEFAULTS = {
     "cell": "", "view": "normalized",
 }
 URL_NAMES = {"view": {"normalized": "normalized", "value": "raw"}}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 _REVISION = re.compile(r"^[A-Za-z0-9._/-]{1,100}$")
 _CELL = re.compile(r"^\d{1,5}(,\d{1,5}){0,2}$")
 
@@ -93,6 +92,11 @@ def show_error(exc: BaseException, where=None) -> None:
         st.code("".join(traceback.format_exception(exc)), language=None)
 
 
+def server_address() -> str | None:
+    """The address this server listens on (patchcore.access decides what it may load)."""
+    return st_config.get_option("server.address")
+
+
 # ---------------------------------------------------------------- state and URL
 
 def _valid(key: str, raw: str) -> tuple[object, str | None]:
@@ -100,11 +104,9 @@ def _valid(key: str, raw: str) -> tuple[object, str | None]:
     d = DEFAULTS[key]
     if "\x00" in raw:
         return d, "contains a NUL character"
-    if key == "model":
-        if raw == EMBEDDED or (_HUB_ID.match(raw) and ".." not in raw):
-            return raw, None
-        return d, ("a link can name the embedded model or a hub id like 'openai-community/gpt2', "
-                   "not a file path; choose local models on the Model page")
+    if key == "model":  # the embedded model or a hub id; never a path, nor a folder here like 'docs'
+        problem = link_model_problem(raw)
+        return (d, problem) if problem else (raw, None)
     if key == "device":
         return (raw, None) if raw in DEVICES else (d, f"choose one of {', '.join(DEVICES)}")
     if key == "dtype":
@@ -141,6 +143,8 @@ def _init_state() -> None:
             raw = st.query_params.get(key, "")
             value, reason = _valid(key, raw)
             ss[key] = value
+            if key == "model" and not reason:
+                ss["_model_from_link"] = True  # checked again when it loads (get_model)
             if reason:
                 shown = raw if len(raw) <= 60 else raw[:57] + "..."
                 notices.append(f"'{key}' = {shown!r} was ignored ({reason}); using the default.")
@@ -201,9 +205,12 @@ def page(title: str, icon: str = ":material/insights:") -> None:
 
 @st.cache_resource(show_spinner=False, max_entries=3)
 def _cached_model(name: str, device: str, dtype: str, revision: str, trust_remote_code: bool):
-    """One loaded model (with its lock) per settings, shared by every session and thread."""
+    """One loaded model (with its lock) per settings, shared by every session and thread.
+
+    load_model applies this server's rules (patchcore.access) itself, whatever the page sent."""
     return load_model(ModelSpec(name=name, device=device, dtype=dtype,
-                                revision=revision or None, trust_remote_code=trust_remote_code))
+                                revision=revision or None, trust_remote_code=trust_remote_code),
+                      served_on=server_address())
 
 
 def chosen_spec() -> tuple:
@@ -219,14 +226,22 @@ def is_loaded(spec: tuple | None = None) -> bool:
     return st.session_state.get("_loaded_spec") == (spec or chosen_spec())
 
 
-def get_model(spec: tuple | None = None, where=None):
-    """The loaded model for `spec` (default: the session's choice); None after showing why not."""
+def get_model(spec: tuple | None = None, where=None, from_link: bool | None = None):
+    """The loaded model for `spec` (default: the session's choice); None after showing why not.
+
+    `from_link`: the model name came from a link (default: the session's model, when the link
+    set it), so it must still be a hub id that is not a path on this machine."""
     spec = spec or chosen_spec()
     where = where or st
     first = "" if is_loaded(spec) else " (the first load can take a minute)"
+    if from_link is None:
+        from_link = bool(st.session_state.get("_model_from_link")) and spec[0] == st.session_state["model"]
     try:
-        # local paths only for the person at this machine, or from the server's allowed folders
-        check_model_access(spec[0], st_config.get_option("server.address"))
+        if from_link:
+            check_link_model(spec[0])
+        # local paths only for the person at this machine or from the server's allowed folders;
+        # remote code likewise (load_model checks again: a crafted session state cannot skip it)
+        check_load(spec[0], spec[4], server_address())
         with where.container():
             with st.spinner(f"Loading {model_label(spec[0])}{first}…", show_time=True):
                 model = _cached_model(*spec)
