@@ -63,6 +63,11 @@ def metric_name(metric: str) -> str:
     return METRIC_NAMES.get(metric, metric)
 
 
+def metric_md(metric: str) -> str:
+    """metric_name for Markdown: a stored run's unknown metric name is escaped."""
+    return METRIC_NAMES[metric] if metric in METRIC_NAMES else md_escape(metric)
+
+
 def md_escape(text: str) -> str:
     """Text that Streamlit's Markdown shows literally (no links, HTML, colours, maths, emoji)."""
     text = _MD_SPECIAL.sub(r"\\\1", str(text))
@@ -243,7 +248,7 @@ def get_model(spec: tuple | None = None, where=None, from_link: bool | None = No
         # remote code likewise (load_model checks again: a crafted session state cannot skip it)
         check_load(spec[0], spec[4], server_address())
         with where.container():
-            with st.spinner(f"Loading {model_label(spec[0])}{first}…", show_time=True):
+            with st.spinner(f"Loading {md_escape(model_label(spec[0]))}{first}…", show_time=True):
                 model = _cached_model(*spec)
     except Exception as exc:  # noqa: BLE001 - shown to the user, never a traceback
         show_error(exc, where)
@@ -289,7 +294,8 @@ def _model_box() -> None:
                        f"{facts['layers']} layers · {facts['heads']} heads")
         else:
             st.markdown(md_escape(model_label(s["model"])))
-            st.caption(f"not loaded yet · device **{s['device']}** · dtype **{s['dtype']}**")
+            st.caption(f"not loaded yet · device **{md_escape(s['device'])}** · "
+                       f"dtype **{md_escape(s['dtype'])}**")
 
 
 # ---------------------------------------------------------------- runs in the background
@@ -463,10 +469,11 @@ def cell_detail(result, idx: tuple[int, ...]) -> None:
     items = [("layer", str(idx[result.axes.index("layer")]))]
     if "position" in result.axes:
         pos = idx[result.axes.index("position")]
-        items += [("position", str(pos)), ("token", show_token(result.tokens[pos]))]
+        # a metric's value is Markdown: a token (an imported run's, too) is escaped to show as text
+        items += [("position", str(pos)), ("token", md_escape(show_token(result.tokens[pos])))]
     if "head" in result.axes:
         items.append(("head", str(idx[result.axes.index("head")])))
-    items += [(f"raw {metric_name(result.metric)}", f"{raw:.4f}"),
+    items += [(f"raw {metric_md(result.metric)}", f"{raw:.4f}"),
               ("normalised score", "—" if not math.isfinite(score) else f"{score:.3f}")]
     with st.container(border=True):
         st.markdown("**Selected cell: " + md_escape(cell_name(result, idx)) + "**")
@@ -497,7 +504,7 @@ def show_result(result, slot: str, cell_key: str = "cell") -> None:
     view = controls[0].segmented_control(
         "Show", list(VIEWS), format_func=VIEWS.get, **bind(f"w_view_{slot}", "view"),
         help="Normalised: 1 = clean behaviour, 0 = corrupted behaviour. "
-             f"Raw: the {metric_name(result.metric)} itself after each patch.") or "normalized"
+             f"Raw: the {metric_md(result.metric)} itself after each patch.") or "normalized"
     head = position = None
     if len(result.axes) == 3:
         with controls[1]:
@@ -528,8 +535,10 @@ def show_result(result, slot: str, cell_key: str = "cell") -> None:
     st.subheader("What this shows")
     for sentence in summarize(result):
         st.text("• " + sentence)
+    # a stored or imported run's strings are shown as text, never as Markdown (links, images)
     st.caption(f"{result.n_patches} patches · {result.forward_rows} forward rows · "
-               f"{result.seconds:.1f} s on {result.device} ({result.dtype}) · {result.model}")
+               f"{result.seconds:.1f} s on {md_escape(result.device)} ({md_escape(result.dtype)}) · "
+               f"{md_escape(result.model)}")
 
     stem = f"patchcore_{result.sweep}_{result.direction}_{result.metric}"
     cols = st.columns(4)

@@ -87,5 +87,5 @@ if model is not None:
     st.dataframe(shown, hide_index=True, width="content")
     st.caption(f"Loaded in {model.load_seconds:.1f} s (shared by everyone using this dashboard).")
 else:
-    st.info(f"{ui.model_label(ss['model'])} is chosen but not loaded yet. Press Load model "
+    st.info(f"{ui.md_escape(ui.model_label(ss['model']))} is chosen but not loaded yet. Press Load model "
             "(or Run on the Patching page) to load it.", icon=":material/info:")
