@@ -16,11 +16,12 @@ import math
 import re
 import threading
 import time
-import traceback
+import uuid
 from dataclasses import dataclass, field
 
 import streamlit as st
 from streamlit import config as st_config
+from streamlit.logger import get_logger
 
 from patchcore import (DEFAULT_PAIR, DIRECTIONS, METRICS, SWEEPS, Cancelled, ModelSpec, PatchError,
                        PromptPair, load_model, plan, prepare_pair, run_baseline, run_sweep)
@@ -81,8 +82,12 @@ def show_token(tok: str) -> str:
 
 # ---------------------------------------------------------------- errors
 
+log = get_logger("patchcore.dashboard")  # the server's log (the terminal running streamlit)
+
+
 def show_error(exc: BaseException, where=None) -> None:
-    """A PatchError's message, or a generic line plus details for a bug. Never a bare traceback."""
+    """A PatchError's message, or for a bug a generic line with an error id. The traceback (with
+    the server's paths) goes to the server's log under that id, never to the browser."""
     where = where or st
     if isinstance(exc, PatchError):
         first, _, rest = exc.message.partition("\n")
@@ -90,11 +95,12 @@ def show_error(exc: BaseException, where=None) -> None:
         if rest.strip():
             where.code(rest, language=None)
         return
-    where.error("Something went wrong inside the dashboard (a bug, not your input). "
-                "Your settings are kept; try again, and if it happens again, report the details below.",
+    error_id = uuid.uuid4().hex[:10]
+    log.error("dashboard error %s: %s", error_id, type(exc).__name__, exc_info=exc)
+    where.error("Something went wrong inside the dashboard (a bug, not your input). Your settings "
+                "are kept; try again. If it happens again, give the person who runs this server the "
+                f"error id **{error_id}**: the details are in the server's log under that id.",
                 icon=":material/bug_report:")
-    with where.expander("Details for a bug report"):
-        st.code("".join(traceback.format_exception(exc)), language=None)
 
 
 def server_address() -> str | None:

@@ -185,3 +185,31 @@ def test_a_crafted_session_cannot_turn_on_remote_code(served_to_network, custom_
         ui_common._cached_model(repo_id, "cpu", "fp32", "", True)
     assert not marker.exists()
 
+
+# ---------------------------------------------------------------- bugs: an id, not a traceback
+
+def test_a_bug_shows_an_error_id_and_logs_the_traceback_under_it(tmp_path):
+    import logging
+    import re
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("patchcore.dashboard")
+    log.addHandler(handler)
+    try:
+        at = open_app()
+        secret = f"{tmp_path}/server-side/path.py"
+        at.session_state["_error_patch"] = RuntimeError(f"boom in {secret}")
+        at.switch_page("pages/3_Patching.py").run()
+    finally:
+        log.removeHandler(handler)
+    no_exception(at)
+    (msg,) = errors(at)
+    shown = " ".join(str(e.value) for e in list(at.main) if hasattr(e, "value"))
+    assert "a bug, not your input" in msg
+    assert "Traceback" not in shown and secret not in shown and str(tmp_path) not in shown
+    assert not at.get("expander") or not any("bug report" in str(e.label) for e in at.get("expander"))
+    error_id = re.search(r"error id \**([0-9a-f]{10})", msg).group(1)
+    (rec,) = [r for r in records if error_id in r.getMessage()]
+    assert rec.exc_info and "boom in" in str(rec.exc_info[1])  # the whole traceback, in the server log
