@@ -348,6 +348,7 @@ def start_job(slot: str, total: int, work) -> Job:
             job.error = exc
 
     job.thread = threading.Thread(target=run, name=f"patchcore-{slot}", daemon=True)
+    job.thread.cancel_event = job.cancel  # whoever holds the thread can stop it (the tests do)
     for key in (f"_result_{slot}", f"_error_{slot}", f"_notes_{slot}"):
         st.session_state.pop(key, None)
     st.session_state[f"_job_{slot}"] = job
