@@ -16,15 +16,16 @@ import math
 import re
 import threading
 import time
-import traceback
+import uuid
 from dataclasses import dataclass, field
 
 import streamlit as st
 from streamlit import config as st_config
+from streamlit.logger import get_logger
 
 from patchcore import (DEFAULT_PAIR, DIRECTIONS, METRICS, SWEEPS, Cancelled, ModelSpec, PatchError,
                        PromptPair, load_model, plan, prepare_pair, run_baseline, run_sweep)
-from patchcore.access import check_model_access
+from patchcore.access import check_link_model, check_load, link_model_problem
 from patchcore.charts import chart_png, chart_svg, heatmap
 from patchcore.history import save_run
 from patchcore.models import DTYPES, EMBEDDED, EMBEDDED_LABEL
@@ -50,7 +51,6 @@ DEFAULTS = {
     "cell": "", "view": "normalized",
 }
 URL_NAMES = {"view": {"normalized": "normalized", "value": "raw"}}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 _REVISION = re.compile(r"^[A-Za-z0-9._/-]{1,100}$")
 _CELL = re.compile(r"^\d{1,5}(,\d{1,5}){0,2}$")
 
@@ -62,6 +62,11 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&=^\"'])")
 
 def metric_name(metric: str) -> str:
     return METRIC_NAMES.get(metric, metric)
+
+
+def metric_md(metric: str) -> str:
+    """metric_name for Markdown: a stored run's unknown metric name is escaped."""
+    return METRIC_NAMES[metric] if metric in METRIC_NAMES else md_escape(metric)
 
 
 def md_escape(text: str) -> str:
@@ -77,8 +82,12 @@ def show_token(tok: str) -> str:
 
 # ---------------------------------------------------------------- errors
 
+log = get_logger("patchcore.dashboard")  # the server's log (the terminal running streamlit)
+
+
 def show_error(exc: BaseException, where=None) -> None:
-    """A PatchError's message, or a generic line plus details for a bug. Never a bare traceback."""
+    """A PatchError's message, or for a bug a generic line with an error id. The traceback (with
+    the server's paths) goes to the server's log under that id, never to the browser."""
     where = where or st
     if isinstance(exc, PatchError):
         first, _, rest = exc.message.partition("\n")
@@ -86,11 +95,17 @@ def show_error(exc: BaseException, where=None) -> None:
         if rest.strip():
             where.code(rest, language=None)
         return
-    where.error("Something went wrong inside the dashboard (a bug, not your input). "
-                "Your settings are kept; try again, and if it happens again, report the details below.",
+    error_id = uuid.uuid4().hex[:10]
+    log.error("dashboard error %s: %s", error_id, type(exc).__name__, exc_info=exc)
+    where.error("Something went wrong inside the dashboard (a bug, not your input). Your settings "
+                "are kept; try again. If it happens again, give the person who runs this server the "
+                f"error id **{error_id}**: the details are in the server's log under that id.",
                 icon=":material/bug_report:")
-    with where.expander("Details for a bug report"):
-        st.code("".join(traceback.format_exception(exc)), language=None)
+
+
+def server_address() -> str | None:
+    """The address this server listens on (patchcore.access decides what it may load)."""
+    return st_config.get_option("server.address")
 
 
 # ---------------------------------------------------------------- state and URL
@@ -100,11 +115,9 @@ def _valid(key: str, raw: str) -> tuple[object, str | None]:
     d = DEFAULTS[key]
     if "\x00" in raw:
         return d, "contains a NUL character"
-    if key == "model":
-        if raw == EMBEDDED or (_HUB_ID.match(raw) and ".." not in raw):
-            return raw, None
-        return d, ("a link can name the embedded model or a hub id like 'openai-community/gpt2', "
-                   "not a file path; choose local models on the Model page")
+    if key == "model":  # the embedded model or a hub id; never a path, nor a folder here like 'docs'
+        problem = link_model_problem(raw)
+        return (d, problem) if problem else (raw, None)
     if key == "device":
         return (raw, None) if raw in DEVICES else (d, f"choose one of {', '.join(DEVICES)}")
     if key == "dtype":
@@ -141,6 +154,8 @@ def _init_state() -> None:
             raw = st.query_params.get(key, "")
             value, reason = _valid(key, raw)
             ss[key] = value
+            if key == "model" and not reason:
+                ss["_model_from_link"] = True  # checked again when it loads (get_model)
             if reason:
                 shown = raw if len(raw) <= 60 else raw[:57] + "..."
                 notices.append(f"'{key}' = {shown!r} was ignored ({reason}); using the default.")
@@ -201,9 +216,12 @@ def page(title: str, icon: str = ":material/insights:") -> None:
 
 @st.cache_resource(show_spinner=False, max_entries=3)
 def _cached_model(name: str, device: str, dtype: str, revision: str, trust_remote_code: bool):
-    """One loaded model (with its lock) per settings, shared by every session and thread."""
+    """One loaded model (with its lock) per settings, shared by every session and thread.
+
+    load_model applies this server's rules (patchcore.access) itself, whatever the page sent."""
     return load_model(ModelSpec(name=name, device=device, dtype=dtype,
-                                revision=revision or None, trust_remote_code=trust_remote_code))
+                                revision=revision or None, trust_remote_code=trust_remote_code),
+                      served_on=server_address())
 
 
 def chosen_spec() -> tuple:
@@ -219,16 +237,24 @@ def is_loaded(spec: tuple | None = None) -> bool:
     return st.session_state.get("_loaded_spec") == (spec or chosen_spec())
 
 
-def get_model(spec: tuple | None = None, where=None):
-    """The loaded model for `spec` (default: the session's choice); None after showing why not."""
+def get_model(spec: tuple | None = None, where=None, from_link: bool | None = None):
+    """The loaded model for `spec` (default: the session's choice); None after showing why not.
+
+    `from_link`: the model name came from a link (default: the session's model, when the link
+    set it), so it must still be a hub id that is not a path on this machine."""
     spec = spec or chosen_spec()
     where = where or st
     first = "" if is_loaded(spec) else " (the first load can take a minute)"
+    if from_link is None:
+        from_link = bool(st.session_state.get("_model_from_link")) and spec[0] == st.session_state["model"]
     try:
-        # local paths only for the person at this machine, or from the server's allowed folders
-        check_model_access(spec[0], st_config.get_option("server.address"))
+        if from_link:
+            check_link_model(spec[0])
+        # local paths only for the person at this machine or from the server's allowed folders;
+        # remote code likewise (load_model checks again: a crafted session state cannot skip it)
+        check_load(spec[0], spec[4], server_address())
         with where.container():
-            with st.spinner(f"Loading {model_label(spec[0])}{first}…", show_time=True):
+            with st.spinner(f"Loading {md_escape(model_label(spec[0]))}{first}…", show_time=True):
                 model = _cached_model(*spec)
     except Exception as exc:  # noqa: BLE001 - shown to the user, never a traceback
         show_error(exc, where)
@@ -274,7 +300,8 @@ def _model_box() -> None:
                        f"{facts['layers']} layers · {facts['heads']} heads")
         else:
             st.markdown(md_escape(model_label(s["model"])))
-            st.caption(f"not loaded yet · device **{s['device']}** · dtype **{s['dtype']}**")
+            st.caption(f"not loaded yet · device **{md_escape(s['device'])}** · "
+                       f"dtype **{md_escape(s['dtype'])}**")
 
 
 # ---------------------------------------------------------------- runs in the background
@@ -321,6 +348,7 @@ def start_job(slot: str, total: int, work) -> Job:
             job.error = exc
 
     job.thread = threading.Thread(target=run, name=f"patchcore-{slot}", daemon=True)
+    job.thread.cancel_event = job.cancel  # whoever holds the thread can stop it (the tests do)
     for key in (f"_result_{slot}", f"_error_{slot}", f"_notes_{slot}"):
         st.session_state.pop(key, None)
     st.session_state[f"_job_{slot}"] = job
@@ -448,10 +476,11 @@ def cell_detail(result, idx: tuple[int, ...]) -> None:
     items = [("layer", str(idx[result.axes.index("layer")]))]
     if "position" in result.axes:
         pos = idx[result.axes.index("position")]
-        items += [("position", str(pos)), ("token", show_token(result.tokens[pos]))]
+        # a metric's value is Markdown: a token (an imported run's, too) is escaped to show as text
+        items += [("position", str(pos)), ("token", md_escape(show_token(result.tokens[pos])))]
     if "head" in result.axes:
         items.append(("head", str(idx[result.axes.index("head")])))
-    items += [(f"raw {metric_name(result.metric)}", f"{raw:.4f}"),
+    items += [(f"raw {metric_md(result.metric)}", f"{raw:.4f}"),
               ("normalised score", "—" if not math.isfinite(score) else f"{score:.3f}")]
     with st.container(border=True):
         st.markdown("**Selected cell: " + md_escape(cell_name(result, idx)) + "**")
@@ -482,7 +511,7 @@ def show_result(result, slot: str, cell_key: str = "cell") -> None:
     view = controls[0].segmented_control(
         "Show", list(VIEWS), format_func=VIEWS.get, **bind(f"w_view_{slot}", "view"),
         help="Normalised: 1 = clean behaviour, 0 = corrupted behaviour. "
-             f"Raw: the {metric_name(result.metric)} itself after each patch.") or "normalized"
+             f"Raw: the {metric_md(result.metric)} itself after each patch.") or "normalized"
     head = position = None
     if len(result.axes) == 3:
         with controls[1]:
@@ -513,8 +542,10 @@ def show_result(result, slot: str, cell_key: str = "cell") -> None:
     st.subheader("What this shows")
     for sentence in summarize(result):
         st.text("• " + sentence)
+    # a stored or imported run's strings are shown as text, never as Markdown (links, images)
     st.caption(f"{result.n_patches} patches · {result.forward_rows} forward rows · "
-               f"{result.seconds:.1f} s on {result.device} ({result.dtype}) · {result.model}")
+               f"{result.seconds:.1f} s on {md_escape(result.device)} ({md_escape(result.dtype)}) · "
+               f"{md_escape(result.model)}")
 
     stem = f"patchcore_{result.sweep}_{result.direction}_{result.metric}"
     cols = st.columns(4)

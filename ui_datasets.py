@@ -113,8 +113,10 @@ def show_dataset_result(res, slot: str, run_id: int | None = None) -> None:
     cell_key = f"ds_cell_{slot}"
     st.session_state.setdefault(cell_key, None)
 
-    st.caption(f"{first.n_pairs} pairs · {first.model} · sweep {first.sweep} · metric {first.metric} · "
-               + ("both directions" if both else first.direction)
+    # a stored or imported run's strings are shown as text, never as Markdown (links, images)
+    st.caption(f"{first.n_pairs} pairs · {ui.md_escape(first.model)} · sweep {ui.md_escape(first.sweep)} · "
+               f"metric {ui.md_escape(first.metric)} · "
+               + ("both directions" if both else ui.md_escape(first.direction))
                + (f" · stored as run {run_id}" if run_id else ""))
     seen = set()
     for w in (first.warnings + first.notes + ((res.noise.warnings) if both else [])):
@@ -187,7 +189,7 @@ def show_dataset_result(res, slot: str, run_id: int | None = None) -> None:
         for sentence in dataset_summary(r):
             st.text("• " + sentence)
     secs = res.seconds if both else first.seconds
-    st.caption(f"{secs:.1f} s of patching on {first.device} ({first.dtype})")
+    st.caption(f"{secs:.1f} s of patching on {ui.md_escape(first.device)} ({ui.md_escape(first.dtype)})")
 
     stem = f"patchcore_{first.sweep}_{'both' if both else first.direction}_{first.n_pairs}pairs"
     cols = st.columns(3)

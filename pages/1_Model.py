@@ -5,6 +5,7 @@ import streamlit as st
 
 import ui_common as ui
 import ui_remote
+from patchcore.access import is_loopback, remote_code_allowed, remote_code_rule
 from patchcore.models import DTYPES, EMBEDDED, SUGGESTED_HUB_MODELS
 
 ui.page("Model", ":material/memory:")
@@ -35,6 +36,13 @@ if choice == OTHER:
                   placeholder="e.g. openai-community/gpt2 or /data/models/my-model",
                   help="A Hugging Face hub id (owner/name), a folder with a transformers model, or a "
                        "path to a .gguf file on the machine that runs this dashboard.")
+name = (ss["w_model_other"].strip() if choice == OTHER else choice)
+served_on = ui.server_address()
+# trust_remote_code runs the repository's Python code in this server: on a server other machines
+# reach, only for the repositories its operator lists (patchcore.access; load_model checks again)
+may_trust = remote_code_allowed(name, served_on)
+if not may_trust:
+    ss["w_trust"] = False
 c = st.columns(3)
 c[0].selectbox("Device", ui.DEVICES, key="w_device",
                help="auto picks a GPU when there is one, else the CPU.")
@@ -43,19 +51,21 @@ c[1].selectbox("Precision (dtype)", list(DTYPES), key="w_dtype",
 with st.expander("Advanced"):
     st.text_input("Revision (branch, tag or commit)", key="w_revision", max_chars=100,
                   help="Only for hub models; empty means the main branch.")
-    st.checkbox("Trust remote code", key="w_trust",
+    st.checkbox("Trust remote code", key="w_trust", disabled=not may_trust,
                 help="Runs Python code from the model's repository. Only for authors you trust.")
+    if not is_loopback(served_on):
+        st.caption(ui.md_escape(remote_code_rule(served_on)))
     if ss["w_trust"]:
         st.warning("Trusting remote code runs code from the model's repository on this machine.",
                    icon=":material/gpp_maybe:")
 
-name = (ss["w_model_other"].strip() if choice == OTHER else choice)
 spec = (name, ss["w_device"], ss["w_dtype"], ss["w_revision"].strip(), bool(ss["w_trust"]))
 if st.button("Load model", type="primary", icon=":material/download:", disabled=not name):
-    model = ui.get_model(spec)
+    model = ui.get_model(spec, from_link=False)  # typed on this page, not from a link
     if model is not None:
         ss["model"], ss["device"], ss["dtype"], ss["revision"] = spec[:4]
         ss["trust_remote_code"] = spec[4]
+        ss["_model_from_link"] = False
         ss["_loaded_spec"] = spec
         ui_remote.disconnect()  # the session runs this local model from now on
         ss["cell"] = ""  # a selected cell belongs to the previous model's results
@@ -77,5 +87,5 @@ if model is not None:
     st.dataframe(shown, hide_index=True, width="content")
     st.caption(f"Loaded in {model.load_seconds:.1f} s (shared by everyone using this dashboard).")
 else:
-    st.info(f"{ui.model_label(ss['model'])} is chosen but not loaded yet. Press Load model "
+    st.info(f"{ui.md_escape(ui.model_label(ss['model']))} is chosen but not loaded yet. Press Load model "
             "(or Run on the Patching page) to load it.", icon=":material/info:")

@@ -20,7 +20,7 @@ st.caption("A clean prompt, a corrupted prompt that differs in one detail, and t
 remote = ui_remote.active()  # connected to NDIF on the Model page: the baseline runs there
 model = remote.model if remote else ui.auto_model()
 if model is None:
-    st.warning(f"Load the model {ui.model_label(ss['model'])!r} to check the prompts against its tokenizer.",
+    st.warning(f"Load the model {ui.md_escape(repr(ui.model_label(ss['model'])))} to check the prompts against its tokenizer.",
                icon=":material/memory:")
     if st.button("Load model", type="primary"):
         model = ui.get_model()

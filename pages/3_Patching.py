@@ -45,7 +45,7 @@ model = remote.model if remote else ui.auto_model()
 prepared = None
 if model is None:
     if not ui.is_loaded():
-        st.warning(f"The model {ui.model_label(ss['model'])!r} is not loaded yet. Press Run to load it "
+        st.warning(f"The model {ui.md_escape(repr(ui.model_label(ss['model'])))} is not loaded yet. Press Run to load it "
                    "(hub models need internet), or choose another on the Model page.",
                    icon=":material/memory:")
 else:

@@ -30,10 +30,10 @@ st.caption("One prompt pair is an anecdote. Run the same sweep over many pairs: 
 model = ui.auto_model()
 if ui_remote.active():
     st.info("This session is connected to NDIF for single pairs (Patching page). Datasets run on this "
-            f"machine's model, {ui.model_label(ss['model'])}: on NDIF every pair would be its own job.",
+            f"machine's model, {ui.md_escape(ui.model_label(ss['model']))}: on NDIF every pair would be its own job.",
             icon=":material/cloud_off:")
 if model is None:
-    st.warning(f"The model {ui.model_label(ss['model'])!r} is not loaded yet. Load it to build and "
+    st.warning(f"The model {ui.md_escape(repr(ui.model_label(ss['model'])))} is not loaded yet. Load it to build and "
                "check pairs with its tokenizer.", icon=":material/memory:")
     if st.button("Load model", type="primary", key="ds_load_model"):
         model = ui.get_model()

@@ -67,7 +67,7 @@ if not total:
     st.info("No stored runs yet. Runs from the Datasets and Patching pages and from `patchcore sweep` "
             "appear here.", icon=":material/history:")
 elif not runs:
-    st.info(f"No run matches {search!r}. Clear the search to see all {total} runs.", icon=":material/search:")
+    st.info(f"No run matches {ui.md_escape(repr(search))}. Clear the search to see all {total} runs.", icon=":material/search:")
 else:
     st.caption(f"{len(runs)} of {total} runs" + (f" match the search" if search else "") + ", newest first.")
     table = pd.DataFrame([{"id": r.id, "created (UTC)": r.created.replace("T", " ")[:19], "title": r.title,
@@ -112,7 +112,9 @@ except Exception as exc:  # noqa: BLE001
 
 st.subheader(f"Run {rec.id}")
 st.text(rec.title)
-st.caption(f"created {rec.created} · from {rec.source} · {KIND_NAMES.get(rec.kind, rec.kind)} · "
+# every stored string is shown as text: an imported file's strings are not Markdown (no links or images)
+st.caption(f"created {ui.md_escape(rec.created)} · from {ui.md_escape(rec.source)} · "
+           f"{ui.md_escape(KIND_NAMES.get(rec.kind, rec.kind))} · "
            f"{rec.n_pairs} pair{'s' if rec.n_pairs != 1 else ''} · {rec.seconds:.1f} s")
 with st.expander("Settings and timings"):
     st.json({"settings": rec.settings, "timings": rec.timings}, expanded=True)

@@ -167,11 +167,34 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
         return False
 
 
+_NOT_CACHED = ("couldn't find them in the cached files", "cannot find the requested files",
+               "does not appear to have a file named", "is not a local folder and is not a valid model")
+
+
+def _not_cached(exc: BaseException) -> bool:
+    """Did a local_files_only load fail only because files are missing from the cache?"""
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    seen = 0
+    while exc is not None and seen < 10:  # the error and what caused it
+        if isinstance(exc, (LocalEntryNotFoundError, EntryNotFoundError)):
+            return True
+        if isinstance(exc, OSError) and any(s in str(exc).lower() for s in _NOT_CACHED):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def _from_pretrained_cached_first(cls, name: str, **kwargs):
-    """Use the local hub cache when it has the files; only then go online."""
+    """Use the local hub cache when it has the files; only then go online.
+
+    Any other failure of the cached files (custom code refused or failing, a broken config) is
+    that failure: going online would not help, and "not in the local cache" would be wrong."""
     try:
         return cls.from_pretrained(name, local_files_only=True, **kwargs)
-    except Exception:  # noqa: BLE001 - not cached (or broken cache): try the hub below
+    except Exception as exc:  # noqa: BLE001 - sorted below
+        if not _not_cached(exc):
+            raise
         if not hub_reachable():
             raise ModelLoadError(
                 f"Could not reach the Hugging Face hub to fetch '{name}', and it is not in the "
@@ -307,11 +330,24 @@ def _friendly_load_error(name: str, exc: BaseException) -> ModelLoadError:
     return ModelLoadError(f"Could not load '{name}': {first}")
 
 
-def load_model(spec: ModelSpec | str = EMBEDDED, **overrides) -> LoadedModel:
-    """Load a model by spec; every failure becomes a one-line ModelLoadError."""
+LOCAL_USER = "localhost"  # load_model's default `served_on`: the person at this machine
+
+
+def load_model(spec: ModelSpec | str = EMBEDDED, *, served_on: str | None = LOCAL_USER,
+               **overrides) -> LoadedModel:
+    """Load a model by spec; every failure becomes a one-line ModelLoadError.
+
+    `served_on`: the address of the server a dashboard session loads for (its
+    server.address). On an address other machines can reach, patchcore.access's rules apply
+    here, whatever the page sent: local paths only from PATCHCORE_MODEL_DIRS, and
+    trust_remote_code only for repositories in PATCHCORE_TRUST_REMOTE_CODE. The default is the
+    person at this machine (the command line, scripts)."""
+    from .access import check_load, remote_code_hint
+
     if isinstance(spec, str):
         spec = ModelSpec(name=spec, **overrides)
     name = (spec.name or "").strip() or EMBEDDED  # a blank box means the default, not the cwd
+    check_load(name, spec.trust_remote_code, served_on)
     if spec.dtype not in DTYPES:
         raise ModelLoadError(f"Unknown dtype '{spec.dtype}'. Choose one of {', '.join(DTYPES)}.")
     device = pick_device(spec.device)
@@ -327,7 +363,10 @@ def load_model(spec: ModelSpec | str = EMBEDDED, **overrides) -> LoadedModel:
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - translated into one actionable line
-        raise _friendly_load_error(name, exc) from exc
+        err = _friendly_load_error(name, exc)
+        if "needs custom code" in err.message:
+            err = ModelLoadError(err.message + remote_code_hint(name, served_on), "trust_remote_code")
+        raise err from exc
     return wrap_model(hf, tok, spec=spec, label=label, device=device, dtype=dtype,
                       load_seconds=time.perf_counter() - t0)
 

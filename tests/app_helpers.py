@@ -5,6 +5,7 @@ so the embedded model is loaded once for all app tests.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -27,6 +28,18 @@ def isolated_history(tmp_path, monkeypatch):
     path = tmp_path / "history.sqlite3"
     monkeypatch.setenv("PATCHCORE_HISTORY_DB", str(path))
     return path
+
+
+@contextlib.contextmanager
+def served_on(address: str):
+    """The dashboard as if started with --server.address `address` (the real option, restored after)."""
+    from streamlit import config as st_config
+    before = st_config.get_option("server.address")
+    st_config.set_option("server.address", address)
+    try:
+        yield
+    finally:
+        st_config.set_option("server.address", before)
 
 
 def open_app(page: str | None = None, **params) -> AppTest:
@@ -119,3 +132,56 @@ def errors_after(at: AppTest, key: str) -> list[str]:
         if getattr(w, "type", "") == "error":
             out.append(plain(w.value))
     return out
+
+
+# ---------------------------------------------------------------- a hub repository with custom code
+
+CUSTOM_REPO = "patchcore-tests/custom-code-tiny"
+_CUSTOM_CONFIG = '''"""A config class that writes a marker file when transformers imports it (trust_remote_code)."""
+from pathlib import Path
+
+from transformers import GPT2Config
+
+Path({marker!r}).write_text("the repository's code ran in this process")
+
+
+class CustomTinyConfig(GPT2Config):
+    def __init__(self, **kwargs):
+        kwargs.pop("model_type", None)
+        super().__init__(**kwargs)
+        self.model_type = "gpt2"  # a GPT-2 once loaded, so patchcore knows its components
+'''
+_CUSTOM_MODEL = '''from transformers import GPT2LMHeadModel
+
+from .configuration_custom_tiny import CustomTinyConfig
+
+
+class CustomTinyModel(GPT2LMHeadModel):
+    config_class = CustomTinyConfig
+'''
+
+
+def custom_code_repo(hub_cache: Path, marker: Path, repo_id: str = CUSTOM_REPO) -> Path:
+    """`repo_id` in a hub cache folder (HF_HUB_CACHE layout: models--owner--name/snapshots/<sha>,
+    refs/main): a tiny GPT-2 whose config.json names a model type transformers does not know and
+    maps it to custom code (auto_map), which writes `marker` when it is imported. Loading it
+    without trust_remote_code fails ("custom code"); with it, the code runs and the model loads."""
+    from tiny import build_hf, embedded_tokenizer
+
+    sha = "c0de" * 10
+    repo = Path(hub_cache) / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / sha
+    snap.mkdir(parents=True, exist_ok=True)
+    model = build_hf("gpt2")
+    model.save_pretrained(snap)
+    embedded_tokenizer().save_pretrained(snap)
+    config = json.loads((snap / "config.json").read_text())
+    config.update(model_type="patchcore-custom-tiny", architectures=["CustomTinyModel"],
+                  auto_map={"AutoConfig": "configuration_custom_tiny.CustomTinyConfig",
+                            "AutoModelForCausalLM": "modeling_custom_tiny.CustomTinyModel"})
+    (snap / "config.json").write_text(json.dumps(config, indent=1))
+    (snap / "configuration_custom_tiny.py").write_text(_CUSTOM_CONFIG.format(marker=str(marker)))
+    (snap / "modeling_custom_tiny.py").write_text(_CUSTOM_MODEL)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(sha)
+    return snap

@@ -5,6 +5,8 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,31 @@ def tiny_folder(tmp_path_factory):
     build_hf("llama").save_pretrained(folder)
     embedded_tokenizer().save_pretrained(folder)
     return folder
+
+
+JOB_JOIN_S = float(os.environ.get("PATCHCORE_TEST_JOB_JOIN_S", "120"))
+
+
+@pytest.fixture(autouse=True)
+def background_jobs_end():
+    """Background runs a test starts end before the test does.
+
+    The dashboard runs its jobs on threads named `patchcore-<slot>` (ui_common.start_job), each
+    carrying its job's cancel event. At teardown every such thread the test started is cancelled
+    and joined; one still alive after JOB_JOIN_S fails the test (it would go on using the model,
+    the history file and the CPU in the tests after it)."""
+    before = set(threading.enumerate())
+    yield
+    started = [t for t in threading.enumerate()
+               if t.name.startswith("patchcore-") and t not in before and t.is_alive()]
+    for t in started:
+        cancel = getattr(t, "cancel_event", None)
+        if cancel is not None:
+            cancel.set()
+    deadline = time.monotonic() + JOB_JOIN_S
+    for t in started:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    alive = [t.name for t in started if t.is_alive()]
+    if alive:
+        pytest.fail(f"background runs still going {JOB_JOIN_S:.0f} s after they were cancelled at the "
+                    f"end of the test: {', '.join(alive)}", pytrace=False)

@@ -1,11 +1,14 @@
-"""Local model paths: anyone at a loopback-only server, else only the administrator's folders."""
+"""Local model paths and remote code: anyone at a loopback-only server, else only what the
+administrator lists; links name only the embedded model or hub ids."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from patchcore.access import allowed_model_dirs, check_model_access, is_loopback
+from patchcore.access import (REMOTE_CODE_ENV, allowed_model_dirs, allowed_remote_code, check_link_model,
+                              check_load, check_model_access, check_remote_code, is_loopback,
+                              link_model_problem, remote_code_allowed, remote_code_rule)
 from patchcore.models import ModelLoadError
 
 
@@ -52,3 +55,61 @@ def test_allowed_dirs_come_from_the_environment(tmp_path, monkeypatch):
     assert allowed_model_dirs() == [a.resolve(), b.resolve()]
     with pytest.raises(ModelLoadError, match=str(a.resolve())):
         check_model_access("/etc/passwd", "0.0.0.0")
+
+
+# -- trust_remote_code: like local paths, only the operator opens it on a public server --------
+
+def test_remote_code_is_the_local_users_choice_on_loopback():
+    for address in ("127.0.0.1", "localhost", "::1"):
+        assert remote_code_allowed("someone/custom", address, allowed=[])
+        check_remote_code("someone/custom", True, address, allowed=[])
+
+
+def test_public_server_runs_remote_code_only_for_listed_repositories(tmp_path):
+    for address in ("0.0.0.0", "", None, "192.168.1.5"):
+        with pytest.raises(ModelLoadError, match=REMOTE_CODE_ENV) as e:
+            check_remote_code("someone/custom", True, address, allowed=[])
+        assert e.value.field == "trust_remote_code" and "No repository is listed" in str(e.value)
+        check_remote_code("someone/custom", False, address, allowed=[])  # not asked: nothing to refuse
+    check_remote_code("Someone/Custom", True, "0.0.0.0", allowed=["someone/custom"])  # hub ids: any case
+    with pytest.raises(ModelLoadError, match="only for: someone/custom"):
+        check_remote_code("someone/other", True, "0.0.0.0", allowed=["someone/custom"])
+    folder = tmp_path / "model"
+    folder.mkdir()
+    check_remote_code(str(folder / ".." / "model"), True, "0.0.0.0", allowed=[str(folder)])
+    assert not remote_code_allowed(str(tmp_path), "0.0.0.0", allowed=[str(folder)])
+    assert not remote_code_allowed("", "0.0.0.0", allowed=[""])
+
+
+def test_remote_code_list_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv(REMOTE_CODE_ENV, " a/b, c/d  e/f" + os.pathsep + "g/h,")
+    assert allowed_remote_code() == ["a/b", "c/d", "e/f", "g/h"]
+    assert remote_code_allowed("e/f", "0.0.0.0") and not remote_code_allowed("x/y", "0.0.0.0")
+    assert "a/b, c/d, e/f, g/h" in remote_code_rule("0.0.0.0")
+    monkeypatch.delenv(REMOTE_CODE_ENV)
+    assert allowed_remote_code() == []
+    assert f"{REMOTE_CODE_ENV}=owner/name" in remote_code_rule("0.0.0.0")
+
+
+def test_check_load_applies_both_rules(tmp_path):
+    with pytest.raises(ModelLoadError, match="PATCHCORE_MODEL_DIRS"):
+        check_load(str(tmp_path), False, "0.0.0.0")
+    with pytest.raises(ModelLoadError, match=REMOTE_CODE_ENV):
+        check_load("someone/custom", True, "0.0.0.0")
+    check_load(str(tmp_path), True, "127.0.0.1")
+
+
+# -- links: the embedded model or a hub id, never something on the server's disk ----------------
+
+def test_a_link_cannot_name_a_folder_of_the_server(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "owner" / "name").mkdir(parents=True)
+    for name in ("docs", "owner/name", "/etc", "./x", "~/x", "../x", "a/../b", "x.gguf", "a/b/c", ""):
+        assert link_model_problem(name), name
+        with pytest.raises(ModelLoadError, match="not a file path") as e:
+            check_link_model(name)
+        assert e.value.field == "model"
+    for name in ("embedded", "openai-community/gpt2", "gpt2", "EleutherAI/pythia-160m", "tests"):
+        assert link_model_problem(name) is None, name
+        check_link_model(name)

@@ -1,7 +1,7 @@
 """AppTest: every page renders with its defaults; the Model page loads and reports models."""
 import pytest
 
-from app_helpers import PAGES, errors, no_exception, open_app
+from app_helpers import PAGES, errors, no_exception, open_app, served_on
 from patchcore import DEFAULT_PAIR, check_pair, plan, run_baseline
 
 pytestmark = pytest.mark.embedded
@@ -97,12 +97,9 @@ def test_model_page_bad_path_keeps_input_and_model():
 
 @pytest.fixture
 def served_to_network():
-    """This dashboard as if started with --server.address 0.0.0.0 (the real option, restored after)."""
-    from streamlit import config as st_config
-    before = st_config.get_option("server.address")
-    st_config.set_option("server.address", "0.0.0.0")
-    yield
-    st_config.set_option("server.address", before)
+    """This dashboard as if started with --server.address 0.0.0.0."""
+    with served_on("0.0.0.0"):
+        yield
 
 
 def test_model_page_refuses_local_paths_when_served_to_a_network(served_to_network, tmp_path):
@@ -127,3 +124,92 @@ def test_model_page_unknown_hub_model_gives_a_clear_message():
     assert "'patchcore-tests/no-such-model-xyz'" in msg
     assert "hub" in msg
     assert at.session_state["model"] == "embedded"
+
+
+# ---------------------------------------------------------------- remote code on a public server
+
+@pytest.fixture
+def custom_repo(tmp_path, monkeypatch):
+    """A cached hub repository whose config needs custom code that writes a marker file."""
+    import huggingface_hub.constants as hc
+
+    from app_helpers import custom_code_repo
+    repo_id = f"patchcore-tests/{tmp_path.name[:60]}"
+    marker = tmp_path / "marker"
+    custom_code_repo(tmp_path / "hub", marker, repo_id)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("PATCHCORE_TRUST_REMOTE_CODE", raising=False)
+    return repo_id, marker
+
+
+def test_model_page_trust_remote_code_is_off_for_visitors(served_to_network, custom_repo, monkeypatch):
+    repo_id, marker = custom_repo
+    at = open_app("Model")
+    at.radio(key="w_model_choice").set_value("__other__").run()
+    at.text_input(key="w_model_other").input(repo_id).run()
+    assert at.checkbox(key="w_trust").disabled and not at.checkbox(key="w_trust").value
+    rule = " ".join(c.value for c in at.caption).replace("\\", "")
+    assert "PATCHCORE_TRUST_REMOTE_CODE=owner/name" in rule, rule
+    at.button[0].click().run()  # Load model: the repository needs its code, which is not allowed here
+    no_exception(at)
+    (msg,) = errors(at)
+    assert "needs custom code" in msg and "PATCHCORE_TRUST_REMOTE_CODE" in msg and "local cache" not in msg
+    assert at.session_state["model"] == "embedded" and not marker.exists()
+
+    # the operator lists the repository: the box can be ticked for it, and only for it
+    monkeypatch.setenv("PATCHCORE_TRUST_REMOTE_CODE", repo_id)
+    at.run()
+    assert not at.checkbox(key="w_trust").disabled
+    assert repo_id in " ".join(c.value for c in at.caption).replace("\\", "")
+    at.text_input(key="w_model_other").input("someone/else").run()
+    assert at.checkbox(key="w_trust").disabled
+
+
+def test_a_crafted_session_cannot_turn_on_remote_code(served_to_network, custom_repo):
+    """Session state that says trust_remote_code (no widget allows it here): the load refuses."""
+    repo_id, marker = custom_repo
+    at = open_app("Patching")
+    at.session_state["model"] = repo_id
+    at.session_state["trust_remote_code"] = True
+    at.run()
+    at.button(key="run_patch").click().run()
+    no_exception(at)
+    (msg,) = errors(at)
+    assert "does not run code from" in msg and "PATCHCORE_TRUST_REMOTE_CODE" in msg
+    assert "_job_patch" not in at.session_state and not marker.exists()
+    # and past the page: the engine itself refuses, whatever the cache is asked
+    from patchcore import ModelLoadError
+    import ui_common
+    with pytest.raises(ModelLoadError, match="PATCHCORE_TRUST_REMOTE_CODE"):
+        ui_common._cached_model(repo_id, "cpu", "fp32", "", True)
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- bugs: an id, not a traceback
+
+def test_a_bug_shows_an_error_id_and_logs_the_traceback_under_it(tmp_path):
+    import logging
+    import re
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("patchcore.dashboard")
+    log.addHandler(handler)
+    try:
+        at = open_app()
+        secret = f"{tmp_path}/server-side/path.py"
+        at.session_state["_error_patch"] = RuntimeError(f"boom in {secret}")
+        at.switch_page("pages/3_Patching.py").run()
+    finally:
+        log.removeHandler(handler)
+    no_exception(at)
+    (msg,) = errors(at)
+    shown = " ".join(str(e.value) for e in list(at.main) if hasattr(e, "value"))
+    assert "a bug, not your input" in msg
+    assert "Traceback" not in shown and secret not in shown and str(tmp_path) not in shown
+    assert not at.get("expander") or not any("bug report" in str(e.label) for e in at.get("expander"))
+    error_id = re.search(r"error id \**([0-9a-f]{10})", msg).group(1)
+    (rec,) = [r for r in records if error_id in r.getMessage()]
+    assert rec.exc_info and "boom in" in str(rec.exc_info[1])  # the whole traceback, in the server log

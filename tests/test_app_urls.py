@@ -1,7 +1,7 @@
 """AppTest: the experiment lives in the URL – round trips, fresh sessions, hostile parameters."""
 import pytest
 
-from app_helpers import errors, no_exception, open_app
+from app_helpers import ROOT, errors, no_exception, open_app, plain, served_on
 from patchcore.presets import PRESETS
 
 pytestmark = pytest.mark.embedded
@@ -105,3 +105,44 @@ def test_a_hub_model_in_a_link_is_not_loaded_until_run():
     (msg,) = errors(at)
     assert "'patchcore-tests/no-such-model-xyz'" in msg
     assert "_job_patch" not in at.session_state
+
+
+@pytest.fixture
+def served_locally():
+    """The dashboard as `make run` serves it (127.0.0.1): local paths are the user's own choice on
+    the Model page, so only the link rule keeps a shared link from naming one."""
+    with served_on("127.0.0.1"):
+        yield
+
+
+@pytest.mark.parametrize("name", ["docs", "tests", "patchcore", "pages"])
+def test_a_link_cannot_name_a_folder_of_the_server(served_locally, name):
+    """`?model=docs` looks like a hub id, but transformers would read the server's ./docs."""
+    assert (ROOT / name).is_dir()  # the server runs in the repository: these folders exist
+    at = open_app("Patching", model=name)
+    no_exception(at)
+    (notice,) = [plain(w.value) for w in at.warning if "not valid" in w.value]
+    assert f"'model' = '{name}' was ignored" in notice and "not a file path" in notice
+    assert at.session_state["model"] == "embedded" and "model" not in at.query_params
+
+
+def test_a_link_model_is_checked_again_when_it_loads(served_locally, tmp_path, monkeypatch):
+    """A name that was no folder when the link was opened, but is one when Run is pressed."""
+    from tiny import build_hf, embedded_tokenizer
+    monkeypatch.chdir(tmp_path)
+    at = open_app("Patching", model="later-folder")
+    assert at.session_state["model"] == "later-folder"  # a valid hub id when the link was read
+    build_hf("gpt2").save_pretrained(tmp_path / "later-folder")  # a model the server could read
+    embedded_tokenizer().save_pretrained(tmp_path / "later-folder")
+    at.button(key="run_patch").click().run()
+    no_exception(at)
+    (msg,) = errors(at)
+    assert "The link names the model 'later-folder'" in msg and "not a file path" in msg
+    assert "_job_patch" not in at.session_state and "_loaded_spec" not in at.session_state
+    # typed on the Model page instead, the same folder is the local user's to load
+    at.switch_page("pages/1_Model.py").run()
+    at.radio(key="w_model_choice").set_value("__other__").run()
+    at.text_input(key="w_model_other").input("later-folder").run()
+    at.button[0].click().run()
+    no_exception(at)
+    assert errors(at) == [] and at.session_state["model"] == "later-folder"

@@ -356,6 +356,73 @@ def test_cached_hub_model_needs_no_network(monkeypatch, hub_down, tokenizer):
     assert calls == [("tokenizer", True), ("model", True)]
 
 
+# -- a cached repository with custom code (trust_remote_code) ------------------------------------
+
+@pytest.fixture
+def custom_repo(tmp_path, monkeypatch):
+    """A hub id in a hub cache of its own (offline), whose config needs custom code that writes
+    a marker file when it runs. Returns (repo id, marker)."""
+    import huggingface_hub.constants as hc
+
+    from app_helpers import custom_code_repo
+    repo_id = f"patchcore-tests/{tmp_path.name[:60]}"  # its own id: never imported before
+    marker = tmp_path / "marker"
+    custom_code_repo(tmp_path / "hub", marker, repo_id)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("PATCHCORE_TRUST_REMOTE_CODE", raising=False)
+    return repo_id, marker
+
+
+def test_cached_repo_that_needs_custom_code_says_so(custom_repo):
+    """The files are cached; only trust_remote_code is missing. Not "not in the local cache"."""
+    repo_id, marker = custom_repo
+    with pytest.raises(ModelLoadError) as info:
+        load_model(repo_id)
+    msg = one_line(info.value)
+    assert msg.startswith(f"'{repo_id}' needs custom code") and "local cache" not in msg
+    assert "PATCHCORE_TRUST_REMOTE_CODE" not in msg  # at this machine it is the user's own choice
+    with pytest.raises(ModelLoadError) as info:  # served to a network: who can allow it
+        load_model(repo_id, served_on="0.0.0.0")
+    assert "needs custom code" in info.value.message and "PATCHCORE_TRUST_REMOTE_CODE" in info.value.message
+    assert not marker.exists()
+
+
+def test_public_server_never_runs_remote_code_it_was_not_told_to(custom_repo):
+    repo_id, marker = custom_repo
+    for address in ("0.0.0.0", "", None, "192.0.2.7"):
+        with pytest.raises(ModelLoadError) as info:
+            load_model(ModelSpec(repo_id, trust_remote_code=True), served_on=address)
+        msg = one_line(info.value)
+        assert "served to other machines" in msg and "PATCHCORE_TRUST_REMOTE_CODE" in msg, msg
+        assert info.value.field == "trust_remote_code"
+    assert not marker.exists()
+
+
+def test_listed_repository_runs_its_code_on_a_public_server(tmp_path):
+    """The operator's list opens it (checked in a fresh process with its own hub cache, as a server
+    started with HF_HOME and PATCHCORE_TRUST_REMOTE_CODE would: the code writes the marker)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import patchcore
+    from app_helpers import CUSTOM_REPO, custom_code_repo
+    marker = tmp_path / "marker"
+    custom_code_repo(tmp_path / "hf" / "hub", marker)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"),
+           "HF_HUB_OFFLINE": "1", "PATCHCORE_TRUST_REMOTE_CODE": f"someone/else,{CUSTOM_REPO}",
+           "PYTHONPATH": str(Path(patchcore.__file__).resolve().parents[1])}
+    code = ("import sys; from patchcore import ModelSpec, load_model; "
+            "m = load_model(ModelSpec(sys.argv[1], trust_remote_code=True), served_on='0.0.0.0'); "
+            "print('family', m.components.model_type)")
+    out = subprocess.run([sys.executable, "-c", code, CUSTOM_REPO], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "family gpt2" in out.stdout and marker.exists()
+
+
 def _short_pair():
     from patchcore import PromptPair
     return PromptPair("Mary met John; John thanked", "John met Mary; Mary thanked", " Mary", " John")

@@ -17,6 +17,7 @@ Vega-Lite chart's SVG marks, whose `aria-label` lists each cell's fields.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -64,10 +65,27 @@ CELL = f'{CHART} svg g.mark-rect path[aria-label*="layer"]'
 
 
 # --------------------------------------------------------------------------- server
-def _free_port() -> int:
+def _free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         return s.getsockname()[1]
+
+
+def non_loopback_address() -> str | None:
+    """An IPv4 address of this machine that other machines could reach (not 127.x), or None."""
+    found = []
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # UDP: nothing is sent; picks the interface of the route out
+        found.append(s.getsockname()[0])
+    with contextlib.suppress(OSError):
+        found += socket.gethostbyname_ex(socket.gethostname())[2]
+    for address in found:
+        if address.startswith("127.") or address == "0.0.0.0":
+            continue
+        with contextlib.suppress(OSError), socket.socket() as s:
+            s.bind((address, 0))  # really this machine's
+            return address
+    return None
 
 
 def _streamlit_exe() -> str:
@@ -86,9 +104,11 @@ def _streamlit_exe() -> str:
 class AppServer:
     """`streamlit run dashboard.py`, as `make run` starts it, on a random free port."""
 
-    def __init__(self, log_dir: Path, name: str = "app", env: dict | None = None):
+    def __init__(self, log_dir: Path, name: str = "app", env: dict | None = None,
+                 address: str = "127.0.0.1"):
         self.log_dir = Path(log_dir)
         self.name = name
+        self.address = address  # --server.address; another than 127.0.0.1 serves other machines
         self.extra_env = dict(env or {})
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
@@ -97,20 +117,22 @@ class AppServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}:{self.port}"
 
     def command(self) -> list[str]:
         return [_streamlit_exe(), "run", "dashboard.py",
-                "--server.headless", "true", "--server.address", "127.0.0.1",
+                "--server.headless", "true", "--server.address", self.address,
                 "--server.port", str(self.port), "--server.fileWatcherType", "none"]
 
     def start(self, timeout: float = SERVER_START_S) -> "AppServer":
         if not (REPO / "dashboard.py").exists():
             pytest.fail(f"{REPO / 'dashboard.py'} does not exist: nothing to serve")
-        self.port = _free_port()
+        self.port = _free_port(self.address)
         self.starts += 1
         self.log_path = self.log_dir / f"{self.name}-{self.starts}.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.extra_env}
+        # the server imports this checkout's patchcore and pages, whatever is installed
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **self.extra_env}
         log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.command(), cwd=REPO, env=env, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)

@@ -24,10 +24,10 @@ def server_factory(tmp_path_factory, chromium_path):
     servers: list[AppServer] = []
     log_dir = tmp_path_factory.mktemp("streamlit-logs")
 
-    def make(name: str, env: dict | None = None) -> AppServer:
+    def make(name: str, env: dict | None = None, address: str = "127.0.0.1") -> AppServer:
         # each server keeps its run history in its own file, never the user's ~/.cache one
         env = {"PATCHCORE_HISTORY_DB": str(log_dir / f"{name}-{len(servers)}-history.sqlite"), **(env or {})}
-        s = AppServer(log_dir, name=f"{name}-{len(servers)}", env=env)
+        s = AppServer(log_dir, name=f"{name}-{len(servers)}", env=env, address=address)
         servers.append(s)
         return s.start()
 
