@@ -88,18 +88,22 @@ def test_memory_does_not_grow_over_50_runs():
 
 
 def test_unloading_a_model_frees_its_memory():
-    # ~80 M parameters (320 MB in fp32): large enough to see against allocator noise
+    """After unload() nothing holds the weights: the module and its tensors are collected.
+    (Checked with weak references, not the process's RSS: after hundreds of tests the
+    allocator keeps freed pages, so RSS says little about what is still referenced.)"""
+    import weakref
     hf = build_hf("llama")
-    big = torch.nn.Parameter(torch.randn(80_000_000 // 576, 576))
+    big = torch.nn.Parameter(torch.randn(8_000_000 // 576, 576))
     hf.register_parameter("ballast", big)
+    gone_param, gone_module = weakref.ref(big), weakref.ref(hf)
     del big
     from patchcore.models import wrap_model
     model = wrap_model(hf, embedded_tokenizer(), label="ballast")
     del hf
-    loaded = rss_mb()
+    run_sweep(model, SHORT, "layer")         # used once: caches and hooks must let go too
     model.unload()
-    freed = loaded - rss_mb()
-    assert freed > 200, f"only {freed:.0f} MB freed"
+    gc.collect()
+    assert gone_module() is None and gone_param() is None
 
 
 def test_nan_results_are_reported_not_crashed():
