@@ -1,7 +1,7 @@
 """Landing page: what activation patching is, and a one-click demo on the embedded model."""
 import streamlit as st
 
-import ui_common as ui
+import ui
 from patchcore import DEFAULT_PAIR
 
 ui.page("Home", ":material/home:")

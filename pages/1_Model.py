@@ -1,10 +1,10 @@
 """Model: the embedded model, suggested hub models, any hub id or local path; device and dtype;
-or a hub model on NDIF (remote, see ui_remote.py)."""
+or a hub model on NDIF (remote, see ui/remote.py)."""
 import pandas as pd
 import streamlit as st
 
-import ui_common as ui
-import ui_remote
+import ui
+from ui import remote as ui_remote
 from patchcore.access import is_loopback, remote_code_allowed, remote_code_rule
 from patchcore.models import DTYPES, EMBEDDED, SUGGESTED_HUB_MODELS
 

@@ -2,8 +2,8 @@
 import pandas as pd
 import streamlit as st
 
-import ui_common as ui
-import ui_remote
+import ui
+from ui import remote as ui_remote
 from patchcore import presets
 from patchcore.prompts import check_pair, encode, token_texts
 

@@ -1,9 +1,9 @@
 """Patching: choose what to patch, see the cost, run with progress and Cancel, read the heatmap."""
 import streamlit as st
 
-import ui_common as ui
-import ui_atp
-import ui_remote
+import ui
+from ui import atp as ui_atp
+from ui import remote as ui_remote
 from patchcore import DIRECTIONS, METRICS, SWEEPS, check_pair
 
 ui.page("Patching", ":material/grid_on:")

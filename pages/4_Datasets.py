@@ -2,9 +2,9 @@
 import pandas as pd
 import streamlit as st
 
-import ui_common as ui
-import ui_remote
-import ui_datasets as uid
+import ui
+from ui import remote as ui_remote
+from ui import datasets as uid
 from patchcore import METRICS, SWEEPS
 from patchcore.dataset_run import estimate_dataset_seconds, plan_dataset
 from patchcore.datasets import (CORRUPTIONS, MAX_IOI_PAIRS, MAX_UPLOAD_BYTES, MAX_UPLOAD_PAIRS, ROLE_HELP,
@@ -158,8 +158,7 @@ ui.job_panel(SLOT)
 run = ui.result_for(SLOT)
 if run is not None:
     if run.history_error:
-        st.warning("The run was not stored in the history: " + ui.md_escape(run.history_error),
-                   icon=":material/warning:")
+        st.warning(ui.md_escape(run.history_error), icon=":material/warning:")
     elif run.run_id:
         st.success(f"Stored as run {run.run_id}: reopen it any time on the History page.",
                    icon=":material/history:")

@@ -4,11 +4,11 @@ import json
 import pandas as pd
 import streamlit as st
 
-import ui_common as ui
-import ui_datasets as uid
+import ui
+from ui import datasets as uid
 from patchcore.compare import compare
 from patchcore.dataset_charts import difference_heatmap
-from patchcore.dataset_run import BothResult, DatasetResult
+from patchcore.results import BothResult, DatasetResult
 from patchcore.history import History
 
 ui.page("History", ":material/history:")

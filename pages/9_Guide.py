@@ -1,7 +1,7 @@
 """Guide: how to read the results, in plain words, for people who don't code."""
 import streamlit as st
 
-import ui_common as ui
+import ui
 
 ui.page("Guide", ":material/menu_book:")
 

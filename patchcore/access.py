@@ -51,10 +51,12 @@ def check_model_access(name: str, served_on: str | None, dirs: list[Path] | None
         return
     where = (f"the folders set in {MODEL_DIRS_ENV} ({', '.join(map(str, dirs))})" if dirs else
              f"folders its administrator lists in {MODEL_DIRS_ENV} (none are set)")
-    raise ModelLoadError(
-        f"This dashboard is served to other machines, so it loads local models only from {where}. "
-        f"Use a hub id (e.g. openai-community/gpt2) or the embedded model, or ask the person who "
-        f"runs the server to add the folder.", field="model")
+    _refuse(f"loads local models only from {where}. Use a hub id (e.g. openai-community/gpt2) or "
+            f"the embedded model, or ask the person who runs the server to add the folder.", "model")
+
+
+def _refuse(what: str, field: str):
+    raise ModelLoadError(f"This dashboard is served to other machines, so it {what}", field=field)
 
 
 # ---------------------------------------------------------------- trust_remote_code
@@ -102,10 +104,9 @@ def check_remote_code(name: str, trust_remote_code: bool, served_on: str | None,
     allowed = allowed_remote_code() if allowed is None else allowed
     listed = (f"It allows it only for: {', '.join(allowed)}" if allowed else
               f"No repository is listed in {REMOTE_CODE_ENV}")
-    raise ModelLoadError(
-        f"This dashboard is served to other machines, so it does not run code from '{name}' "
-        f"(trust_remote_code). {listed}. Untick “Trust remote code”, or ask the person who runs "
-        f"the server to add the repository to {REMOTE_CODE_ENV}.", field="trust_remote_code")
+    _refuse(f"does not run code from '{name}' (trust_remote_code). {listed}. Untick “Trust remote "
+            f"code”, or ask the person who runs the server to add the repository to "
+            f"{REMOTE_CODE_ENV}.", "trust_remote_code")
 
 
 def remote_code_hint(name: str, served_on: str | None) -> str:

@@ -20,7 +20,6 @@ import argparse
 import copy
 import datetime as _dt
 import json
-import math
 import os
 import platform
 import re

@@ -9,7 +9,6 @@ import pandas as pd
 from .charts import CELL_TEXT_LIMIT, chart_axes, size as _size, x_encoding as _x_encoding, y_encoding
 from .compare import Comparison
 from .results import BothResult, DatasetResult
-from .sites import get_direction
 from .dataset_summary import QUADRANT_ORDER, quadrants
 from .summary import STRONG
 

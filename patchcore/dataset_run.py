@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
 from .datasets import DatasetPair, PairDataset, for_sweep, pairs_from_list, role_order
 from .ablations import DEFAULT_DRAWS, get_ablation
@@ -20,7 +19,7 @@ from .errors import Cancelled, PairError, SweepError
 from .metrics import check_metric
 from .models import LoadedModel
 from .prompts import PromptPair, prepare_pair
-from .results import BothResult, DatasetResult, new_result, result_from_json  # noqa: F401
+from .results import BothResult, DatasetResult, new_result
 from .stats import DEFAULT_LEVEL, DEFAULT_N_BOOT, mean_ci, normalized_ci
 from .sweeps import check_direction, get_sweep
 

@@ -72,6 +72,17 @@ def _prepare(model: LoadedModel, pairs) -> list[PreparedPair]:
     return out
 
 
+def pick_reference(model, ablation: str, direction: str, prepared: list[PreparedPair],
+                   reference: RefSet | None = None) -> RefSet | None:
+    """The reference set a run uses: the one given, else the dataset's own (several pairs), else
+    for the mean ablation the generated IOI set."""
+    if reference is None and len(prepared) > 1:
+        reference = dataset_reference(ablation, direction, prepared)
+    if reference is None and get_ablation(ablation).name == "mean":
+        reference = ioi_reference(model.tokenizer)
+    return reference
+
+
 def dataset_reference(ablation: str, direction: str, prepared: list[PreparedPair]) -> RefSet | None:
     """The reference set a dataset gives itself: its prompts (mean), or the prompts the
     corrupted ablation would take, of every pair (resample)."""
@@ -152,10 +163,7 @@ def run_patch(model: LoadedModel, pairs, sites, direction: str = "denoise",
     listed = [str(s) for s in sites]
     if complement:
         sites = complement_sites(sites, model.components, lengths[0])
-    if reference is None and len(prepared) > 1:
-        reference = dataset_reference(ab.name, d.name, prepared)
-    if reference is None and ab.name == "mean":
-        reference = ioi_reference(model.tokenizer)
+    reference = pick_reference(model, ab.name, d.name, prepared, reference)
     backend = make_backend(model, backend)
     t0 = time.perf_counter()
     values = np.empty(len(prepared))

@@ -28,11 +28,11 @@ import time
 import numpy as np
 import torch
 
-from .ablations import DEFAULT_DRAWS, RefSet, get_ablation, ioi_reference, join_notes, replacement
+from .ablations import DEFAULT_DRAWS, RefSet, get_ablation, join_notes, replacement
 from .backends.base import Backend, Batch, Writes
 from .engine import batch_rows, make_backend, run_batch
 from .errors import SweepError
-from .interventions import _prepare, dataset_reference
+from .interventions import _prepare, pick_reference
 from .metrics import check_metric, from_readout, readout
 from .models import LoadedModel
 from .results import DatasetResult, PatchSetResult, new_result, result_warnings, stamp
@@ -201,10 +201,7 @@ def run_path(model: LoadedModel, pairs, senders: str, receivers: str = "logits",
     recv = parse_receivers(receivers, c)
     check_sites([s for row in sender_rows for s in row] + ([] if isinstance(recv, str) else recv),
                 c, lengths[0])
-    if reference is None and len(prepared) > 1:
-        reference = dataset_reference(ab.name, d.name, prepared)
-    if reference is None and ab.name == "mean":
-        reference = ioi_reference(model.tokenizer)
+    reference = pick_reference(model, ab.name, d.name, prepared, reference)
     backend = make_backend(model, backend)
     t0 = time.perf_counter()
     R = len(sender_rows)

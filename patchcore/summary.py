@@ -13,6 +13,17 @@ from .sweeps import get_sweep
 
 STRONG = 0.5   # effect at or above this carries the behaviour
 NEGATIVE = -0.2
+# what one cell's effect means, by direction (restores?) and band: >= 0.8, >= 0.2, > NEGATIVE, below
+_MEANINGS = {
+    True: ["Patching this alone restores {pct} of the clean behaviour: it carries the information.",
+           "Patching this restores {pct} of the clean behaviour: it carries part of the information.",
+           "Patching this changes little ({pct}): on its own it does not carry the information.",
+           "Patching this pushes further towards the wrong answer ({pct})."],
+    False: ["Corrupting this destroys {pct} of the clean behaviour: the model needs it.",
+            "Corrupting this destroys {pct} of the clean behaviour: it matters in part.",
+            "Corrupting this destroys only {pct} of the clean behaviour: the model does not need it.",
+            "Corrupting this makes the clean answer even stronger ({pct})."],
+}
 
 
 def num(x: float, spec: str = ".2f") -> str:
@@ -70,23 +81,10 @@ def meaning(r: PatchResult, score: float) -> str:
     """What one normalised score means, in words (noising: the share destroyed, 1 − score)."""
     if not np.isfinite(score):
         return "No normalised score (clean and corrupted runs give the same metric)."
-    e = get_direction(r.direction).effect(score)
-    pct = num(e * 100, ".0f") + "%"
-    if get_direction(r.direction).restores:
-        if e >= 0.8:
-            return f"Patching this alone restores {pct} of the clean behaviour: it carries the information."
-        if e >= 0.2:
-            return f"Patching this restores {pct} of the clean behaviour: it carries part of the information."
-        if e > NEGATIVE:
-            return f"Patching this changes little ({pct}): on its own it does not carry the information."
-        return f"Patching this pushes further towards the wrong answer ({pct})."
-    if e >= 0.8:
-        return f"Corrupting this destroys {pct} of the clean behaviour: the model needs it."
-    if e >= 0.2:
-        return f"Corrupting this destroys {pct} of the clean behaviour: it matters in part."
-    if e > NEGATIVE:
-        return f"Corrupting this destroys only {pct} of the clean behaviour: the model does not need it."
-    return f"Corrupting this makes the clean answer even stronger ({pct})."
+    d = get_direction(r.direction)
+    e = d.effect(score)
+    band = 0 if e >= 0.8 else 1 if e >= 0.2 else 2 if e > NEGATIVE else 3
+    return _MEANINGS[d.restores][band].format(pct=num(e * 100, ".0f") + "%")
 
 
 def story(r: PatchResult) -> str | None:

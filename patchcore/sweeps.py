@@ -5,8 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import SweepError
-from .sites import COMPONENTS, DIRECTIONS, Component, get_direction, lookup  # noqa: F401 (re-exported)
+from .sites import DIRECTIONS, COMPONENTS, Component, get_direction, lookup  # noqa: F401 (DIRECTIONS: part of this API)
 
 
 @dataclass(frozen=True)

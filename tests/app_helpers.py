@@ -98,7 +98,7 @@ def texts(at: AppTest) -> list[str]:
 
 
 def plain(markdown: str) -> str:
-    """Undo ui_common.md_escape: the text a reader sees."""
+    """Undo ui.text.md_escape: the text a reader sees."""
     return re.sub(r"\\(.)", r"\1", markdown).replace("  \n", "\n")
 
 

@@ -94,7 +94,7 @@ JOB_JOIN_S = float(os.environ.get("PATCHCORE_TEST_JOB_JOIN_S", "120"))
 def background_jobs_end():
     """Background runs a test starts end before the test does.
 
-    The dashboard runs its jobs on threads named `patchcore-<slot>` (ui_common.start_job), each
+    The dashboard runs its jobs on threads named `patchcore-<slot>` (ui.jobs.start_job), each
     carrying its job's cancel event. At teardown every such thread the test started is cancelled
     and joined; one still alive after JOB_JOIN_S fails the test (it would go on using the model,
     the history file and the CPU in the tests after it)."""

@@ -180,9 +180,9 @@ def test_a_crafted_session_cannot_turn_on_remote_code(served_to_network, custom_
     assert "_job_patch" not in at.session_state and not marker.exists()
     # and past the page: the engine itself refuses, whatever the cache is asked
     from patchcore import ModelLoadError
-    import ui_common
+    from ui.model import _cached_model
     with pytest.raises(ModelLoadError, match="PATCHCORE_TRUST_REMOTE_CODE"):
-        ui_common._cached_model(repo_id, "cpu", "fp32", "", True)
+        _cached_model(repo_id, "cpu", "fp32", "", True)
     assert not marker.exists()
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from app_helpers import charts, click_chart, isolated_history, no_exception, open_app, plain  # noqa: F401
 from patchcore import DEFAULT_PAIR, run_sweep
-from patchcore.dataset_run import result_from_json, run_dataset
+from patchcore.dataset_run import run_dataset
+from patchcore.results import result_from_json
 from patchcore.datasets import generate_ioi
 from patchcore.history import History
 

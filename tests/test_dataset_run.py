@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from patchcore.dataset_run import BothResult, DatasetResult, plan_dataset, result_from_json, run_both, run_dataset
+from patchcore.dataset_run import plan_dataset, run_both, run_dataset
+from patchcore.results import BothResult, DatasetResult, result_from_json
 from patchcore.dataset_summary import dataset_summary, quadrant_summary, quadrants
 from patchcore.datasets import generate_ioi, parse_upload
 from patchcore.engine import run_sweep

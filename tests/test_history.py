@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from patchcore.dataset_run import BothResult, run_both
+from patchcore.dataset_run import run_both
+from patchcore.results import BothResult
 from patchcore.datasets import generate_ioi
 from patchcore.engine import run_sweep
 from patchcore.history import History, HistoryError, data_dir, default_db_path, save_run

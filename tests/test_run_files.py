@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from patchcore.dataset_run import BothResult, DatasetResult
+from patchcore.results import BothResult, DatasetResult
 from patchcore.dataset_summary import dataset_summary, quadrant_summary
 from patchcore.charts import heatmap
 from patchcore.history import History, HistoryError

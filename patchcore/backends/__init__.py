@@ -6,6 +6,6 @@
 
 No backend imports the engine; the engine types against base.Backend.
 """
-from .base import Backend, Batch, Writes, readout
+from .base import Backend, Batch, Writes
 
-__all__ = ["Backend", "Batch", "Writes", "readout"]
+__all__ = ["Backend", "Batch", "Writes"]

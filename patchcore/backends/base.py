@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..metrics import readout  # noqa: F401 (the readout every backend returns)
 from ..sites import Component
 
 

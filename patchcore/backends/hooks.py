@@ -42,7 +42,8 @@ from ..attention import pattern_hooks
 from ..models import LoadedModel
 from ..planner import CALIBRATED_COSTS, CostModel, Group, cost_model, plan_groups
 from ..sites import Component
-from .base import Backend, Batch, readout
+from ..metrics import readout
+from .base import Backend, Batch
 from .prefix_cache import cache_of, slice_cache, stack_caches, widen_cache
 
 

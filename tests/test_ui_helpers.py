@@ -9,7 +9,8 @@ from markdown_it import MarkdownIt
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-import ui_common as ui  # noqa: E402
+import ui  # noqa: E402
+from ui.state import _valid  # noqa: E402
 
 HOSTILE = [
     "<b>bold</b> <script>alert(1)</script>",
@@ -38,7 +39,7 @@ def test_md_escape_renders_as_the_literal_text(text):
     ("C:\\models", False), ("x" * 300, False), ("owner/name/extra", False), ("", False),
 ])
 def test_model_names_a_link_may_carry(raw, ok):
-    value, reason = ui._valid("model", raw)
+    value, reason = _valid("model", raw)
     assert (reason is None) == ok and (value == raw) == ok
 
 
@@ -50,7 +51,7 @@ def test_model_names_a_link_may_carry(raw, ok):
     ("answer", "a\x00", False),
 ])
 def test_query_parameter_validation(key, raw, ok):
-    assert (ui._valid(key, raw)[1] is None) == ok
+    assert (_valid(key, raw)[1] is None) == ok
 
 
 def test_streamlit_config():

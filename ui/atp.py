@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-import ui_common as ui
+import ui
 from patchcore.attribution import agreement, agreement_text, check_top_k
 
 K = 10

@@ -13,13 +13,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import ui_common as ui
+import ui
 from patchcore.charts import heatmap as mean_heatmap
 from patchcore.dataset_charts import quadrant_heatmap, quadrant_scatter, strip_plot
-from patchcore.dataset_run import BothResult, DatasetResult, run_both, run_dataset
+from patchcore.dataset_run import run_both, run_dataset
+from patchcore.results import BothResult, DatasetResult
 from patchcore.dataset_summary import QUADRANTS, cell_label, dataset_summary, quadrant_summary, quadrants
-from patchcore.errors import PatchError
-from patchcore.history import save_run
 from patchcore.stats import describe_interval
 
 VIEWS = {"normalized": "Normalised score", "value": "Raw metric"}
@@ -37,7 +36,7 @@ class DatasetRun:
 
 def start_dataset_job(slot: str, model, dataset, sweep: str, directions: str, metric: str, *,
                       n_boot: int, seed: int, length: int | None, total: int, settings: dict) -> ui.Job:
-    """Run a dataset on a worker thread (progress + Cancel via ui_common's job panel), then store it."""
+    """Run a dataset on a worker thread (progress + Cancel via ui.jobs' panel), then store it."""
 
     def work(**callbacks):
         kw = dict(n_boot=n_boot, seed=seed, length=length, **callbacks)
@@ -45,13 +44,8 @@ def start_dataset_job(slot: str, model, dataset, sweep: str, directions: str, me
             res = run_both(model, dataset, sweep, metric, **kw)
         else:
             res = run_dataset(model, dataset, sweep, directions, metric, **kw)
-        run = DatasetRun(res)
-        try:
-            run.run_id = save_run(res, source="dashboard", settings=settings,
-                                  timings={"sweep_seconds": res.seconds})
-        except PatchError as exc:
-            run.history_error = exc.message
-        return run
+        run_id, note = ui.jobs.save_result(res, settings)
+        return DatasetRun(res, run_id, None if run_id is not None else note or None)
 
     return ui.start_job(slot, total, work)
 

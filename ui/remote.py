@@ -30,11 +30,10 @@ import pandas as pd
 import streamlit as st
 from streamlit import config as st_config
 
-import ui_common as ui
+import ui
 from patchcore import PatchError, plan, prepare_pair, run_baseline, run_sweep
 from patchcore.access import check_model_access
 from patchcore.errors import ModelLoadError
-from patchcore.history import save_run
 from patchcore.models import looks_like_path
 from patchcore.backends.ndif import (NDIF_KEY_URL, NDIF_STATUS_URL, RemoteError, friendly_remote_error,
                                      model_not_served_error, ndif_host, no_key_error, resolve_api_key,
@@ -43,7 +42,7 @@ from patchcore.backends.nnsight import NNsightBackend, make_remote_backend
 
 MODE_ENV = "PATCHCORE_NDIF_MODE"
 SUGGESTED = "meta-llama/Llama-3.1-8B"
-STATE = "_remote"           # the session's Remote (ui_common's sidebar reads it)
+STATE = "_remote"           # the session's Remote (ui.model's sidebar reads it)
 DEVICE = "NDIF (remote)"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _REVISION = re.compile(r"^[A-Za-z0-9._/-]{0,100}$")
@@ -319,14 +318,9 @@ def start_sweep(slot: str, remote: Remote, pair, sweep: str, direction: str, met
         notes.append(f"{'Simulated NDIF' if remote.simulated else 'NDIF'}, {backend.requests} requests: " +
                      "; ".join(f"{where} {' → '.join(states)}" for where, states in seen.states.items()) + ".")
         if save:
-            try:
-                run_id = save_run(result, source="dashboard", settings={
-                    **remote.settings(), "pair": pair.to_dict(), "sweep": sweep,
-                    "direction": direction, "metric": metric})
-                if run_id is not None:
-                    notes.append(f"Saved to the run history as run {run_id}.")
-            except PatchError as exc:
-                notes.append(f"Not saved to the run history: {exc.message}")
+            notes.append(ui.jobs.save_result(result, {**remote.settings(), "pair": pair.to_dict(),
+                                               "sweep": sweep, "direction": direction,
+                                               "metric": metric})[1])
         return result
 
     job = ui.start_job(slot, total, work)
