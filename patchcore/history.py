@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS runs (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     created     TEXT NOT NULL,            -- when the run was made (UTC, ISO 8601)
     saved       TEXT NOT NULL,            -- when this row was written (import time for imports)
-    kind        TEXT NOT NULL,            -- single | dataset | both
+    kind        TEXT NOT NULL,            -- single | dataset | both | patch | circuit
     source      TEXT NOT NULL,            -- cli | dashboard | import | api
     title       TEXT NOT NULL,
     model       TEXT NOT NULL,
@@ -141,6 +141,17 @@ def _now() -> str:
 
 def describe(result_json: dict) -> dict:
     """Index columns of a result JSON: kind, model, sweep, direction, metric, n_pairs, seconds, title."""
+    if result_json.get("kind") == "circuit":
+        r = result_json
+        n_pairs = int(r.get("n_pairs", 1) or 1)
+        f = r.get("faithfulness_top_k")
+        return {"kind": "circuit", "model": str(r.get("model", "")), "sweep": "circuit",
+                "direction": r.get("direction", ""), "metric": str(r.get("metric", "")),
+                "n_pairs": n_pairs, "seconds": float(r.get("seconds", 0) or 0),
+                "title": f"circuit {r.get('method', '')} {r.get('direction', '')} – top {r.get('top_k')} "
+                         f"of {len(r.get('edges') or [])} edges" + (f", faithfulness {f:.2f}" if f is not None
+                                                                  else "") + f" ×{n_pairs}",
+                "created": r.get("created") or ""}
     if result_json.get("kind") == "patch":   # sites together, or a path: the sites are the title
         r = result_json
         sites = ", ".join(r.get("sites") or []) or "no senders"
