@@ -52,11 +52,16 @@ def ablation_masks(graph: Graph, order: np.ndarray, ks: list[int], edges_s: np.n
 
 
 def circuit_forward(model, graph: Graph, ids: torch.Tensor, ablate: torch.Tensor,
-                    ablated: torch.Tensor | None, answer: int, wrong: int, metric: str) -> np.ndarray:
+                    ablated: torch.Tensor | None, answer: int, wrong: int, metric: str,
+                    prefix=None) -> np.ndarray:
     """Metric per row of a circuit forward. ids (B, T); ablate (B, S, R) (1 = edge ablated);
     ablated (S, T, D) the ablated outputs, or None: row 0's own outputs (row 0 must ablate
-    nothing). The caller holds the model's lock and inference mode."""
+    nothing; only then may a circuit_trace.Prefix skip the positions where all rows are the
+    base run). The caller holds the model's lock and inference mode."""
     c, mp = model.components, maps(model)
+    extra = {}
+    if prefix is not None:
+        ids, extra = ids[:, prefix.p0:], prefix.kwargs(ids.shape[0])
     B, T = ids.shape
     S = graph.n_senders
     dev = model.device
@@ -132,7 +137,7 @@ def circuit_forward(model, graph: Graph, ids: torch.Tensor, ablate: torch.Tensor
             adj = adjust(S, graph.logits_receiver)
             return None if adj is None else (args[0] - adj,) + tuple(args[1:])
         stack.enter_context(c.final_norm.register_forward_pre_hook(final))
-        logits = model.hf(input_ids=ids.to(dev), **_logits_kw(model.hf)).logits[:, -1, :]
+        logits = model.hf(input_ids=ids.to(dev), **{**_logits_kw(model.hf), **extra}).logits[:, -1, :]
     return compute_metric(metric, logits, answer, wrong).double().cpu().numpy()
 
 

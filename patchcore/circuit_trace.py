@@ -14,6 +14,11 @@ returns d metric / d (each receiver's own copy of its residual input), (B, R, T,
   that head is taken back through the projection's slice (x @ M + b) and the norm at that
   row's own input (a vector-Jacobian product of the norm, one copy of the input per receiver):
   the gradient the head would see if its q, k or v read a residual stream of its own.
+
+A `Prefix` skips the positions before the first token where the two prompts differ: there every
+run is the base run (causal attention), so nothing differs and nothing adds to a score. Its keys
+and values come from one run of the base prompt's prefix (transformers' cache), and the forwards
+run the remaining positions only; records then hold those positions.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .backends.hooks import _first, _get_hidden, _set_hidden
+from .backends.hooks import HookBackend, _first, _get_hidden, _set_hidden
+from .backends.prefix_cache import cache_of, widen_cache
 from .circuit_graph import Graph, affine_map, norms
 from .metrics import compute_metric
 from .sites import COMPONENTS
@@ -73,10 +79,38 @@ def _logits_kw(hf) -> dict:
     return kw
 
 
-def trace(model, ids: torch.Tensor, *, embed: torch.Tensor | None = None, grad: bool = False) -> dict:
+class Prefix:
+    """The keys and values of a prompt's first p0 positions, for forwards of the positions after."""
+
+    def __init__(self, model, ids: list, p0: int):
+        params = inspect.signature(model.hf.forward).parameters
+        self.kw = "cache" if "cache" in params else "past_key_values"
+        self.p0 = p0
+        with torch.inference_mode(False), torch.no_grad():   # usable by forwards with gradients
+            out = model.hf(input_ids=torch.tensor([ids[:p0]], device=model.device), use_cache=True)
+        self.cache = cache_of(out)
+
+    def kwargs(self, rows: int) -> dict:
+        return {self.kw: widen_cache(self.cache, rows, 0), "use_cache": True}
+
+    @staticmethod
+    def start(model, pair, usable: bool) -> int:
+        """Where forwards of this pair may start (0: at the beginning): its first differing
+        position, where the family's cached prefix is exact (the engine checks it once per model)."""
+        if not usable or pair.first_diff <= 0 or HookBackend(model).support()["prefix"] is not True:
+            return 0
+        return pair.first_diff
+
+
+def trace(model, ids: torch.Tensor, *, embed: torch.Tensor | None = None, grad: bool = False,
+          prefix: Prefix | None = None) -> dict:
     """One forward of rows `ids` (B, T); `embed` (B, T, D) replaces block 0's input (the
-    integrated-gradients path). Returns the records (see the module docstring) and 'logits'
-    (B, V) at the last position. The caller holds the model's lock."""
+    integrated-gradients path); with a prefix only positions p0.. run. Returns the records (see
+    the module docstring) and 'logits' (B, V) at the last position. The caller holds the lock."""
+    extra = {}
+    if prefix is not None:
+        ids, embed = ids[:, prefix.p0:], None if embed is None else embed[:, prefix.p0:]
+        extra = prefix.kwargs(ids.shape[0])
     c = model.components
     L = c.n_layers
     rec = {"attn_in": [None] * L, "mlp_in": [None] * L, "z": [None] * L, "mlp": [None] * L,
@@ -132,7 +166,7 @@ def trace(model, ids: torch.Tensor, *, embed: torch.Tensor | None = None, grad: 
                 rec["leaf_final"] = torch.zeros_like(args[0]).requires_grad_(True)
                 return (args[0] + rec["leaf_final"],) + tuple(args[1:])
         stack.enter_context(c.final_norm.register_forward_pre_hook(final))
-        out = model.hf(input_ids=ids.to(model.device), **_logits_kw(model.hf))
+        out = model.hf(input_ids=ids.to(model.device), **{**_logits_kw(model.hf), **extra})
     rec["logits"] = keep(out.logits[:, -1, :])
     return rec
 

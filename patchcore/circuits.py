@@ -37,7 +37,7 @@ from .backends.base import Batch, Writes
 from .circuit_faith import ablation_masks, circuit_forward, log_grid, rows_per_forward
 from .circuit_graph import Graph, build_graph, norms
 from .circuit_result import CircuitResult
-from .circuit_trace import receiver_grads, sender_outputs, trace
+from .circuit_trace import Prefix, receiver_grads, sender_outputs, trace
 from .engine import batch_rows, make_backend, run_batch
 from .errors import Cancelled, SweepError
 from .interventions import _prepare, dataset_reference
@@ -99,38 +99,33 @@ def _capture(model, group, d):
     return ids, trace(model, ids)
 
 
-def _scores_of_group(model, graph, group, d, method, steps, metric, ablated, grad_rows, tick):
-    """(S, R) float64 sum over the group's pairs of each pair's edge scores; base and source metrics."""
-    P = len(group)
+def _pair_scores(model, graph, pair, d, method, steps, metric, ablated, grad_rows, tick):
+    """(S, R) float64 edge scores of one pair; its base and source metrics."""
     with model.locked(), torch.inference_mode():
-        ids, rec = _capture(model, group, d)
+        ids, rec = _capture(model, [pair], d)
         outs = sender_outputs(model, graph, rec)
-        answer = np.tile([p.answer_id for p in group], 2)
-        wrong = np.tile([p.wrong_id for p in group], 2)
-        m = compute_metric(metric, rec["logits"], answer, wrong)
-        delta = outs[P:] - (outs[:P] if ablated is None else ablated[None])
-        base_in, src_in = rec["input"][:P], rec["input"][P:]
+        m = compute_metric(metric, rec["logits"], pair.answer_id, pair.wrong_id).double().cpu().numpy()
+        delta = outs[1] - (outs[0] if ablated is None else ablated)
+        base_in, src_in = rec["input"][:1], rec["input"][1:]
         del outs
-    rows = [(p, k) for p in range(P) for k in range(steps)]
-    gsum = torch.zeros((P, graph.n_receivers) + tuple(base_in.shape[1:]), dtype=torch.float64,
+    p0 = Prefix.start(model, pair, ablated is None)    # before p0 every delta is zero
+    prefix = Prefix(model, ids[0].tolist(), p0) if p0 else None
+    gsum = torch.zeros((graph.n_receivers, ids.shape[1] - p0, base_in.shape[-1]), dtype=torch.float64,
                        device=model.device)
-    for start in range(0, len(rows), grad_rows):
-        chunk = rows[start:start + grad_rows]
-        pp = [p for p, _ in chunk]
+    for start in range(0, steps, grad_rows):
+        ks = list(range(start, min(steps, start + grad_rows)))
         embed = None
         if method == "eap-ig":
-            alpha = torch.tensor([k / steps for _, k in chunk], device=base_in.device, dtype=base_in.dtype)
-            embed = base_in[pp] + alpha[:, None, None] * (src_in[pp] - base_in[pp])
+            alpha = torch.tensor([k / steps for k in ks], device=base_in.device, dtype=base_in.dtype)
+            embed = base_in + alpha[:, None, None] * (src_in - base_in)
         with model.locked(), torch.inference_mode(False), torch.enable_grad():
-            g_rec = trace(model, ids[pp], embed=None if embed is None else embed.clone(), grad=True)
-            g = receiver_grads(model, graph, g_rec, metric, [group[p].answer_id for p in pp],
-                               [group[p].wrong_id for p in pp])
-        gsum.index_add_(0, torch.tensor(pp, device=gsum.device), g.double())
-        tick(len(chunk))
-    total = torch.zeros((graph.n_senders, graph.n_receivers), dtype=torch.float64, device=model.device)
-    for p in range(P):
-        total += delta[p].reshape(graph.n_senders, -1).double() @ gsum[p].reshape(graph.n_receivers, -1).T
-    return (total / steps).cpu().numpy(), m.double().cpu().numpy()
+            g_rec = trace(model, ids[[0] * len(ks)], embed=None if embed is None else embed.clone(),
+                          grad=True, prefix=prefix)
+            g = receiver_grads(model, graph, g_rec, metric, pair.answer_id, pair.wrong_id)
+        gsum += g.double().sum(0)
+        tick(len(ks))
+    a = delta[:, p0:].reshape(graph.n_senders, -1).double()
+    return (a @ gsum.reshape(graph.n_receivers, -1).T / steps).cpu().numpy(), m
 
 
 def _check_edges(model, graph, backend, pair, d, rec, delta, senders, receivers, metric, base_metric,
@@ -225,13 +220,10 @@ def run_circuit(model, pairs, method: str = "eap", *, steps: int = DEFAULT_STEPS
         ablated[T], note = _ablated(model, graph, ablation, reference, T)
         if note:
             notes.append(note)
-        per = max(1, grad_rows // steps)
-        for s in range(0, len(idx), per):
-            sub = idx[s:s + per]
-            got, m = _scores_of_group(model, graph, [prepared[i] for i in sub], d, method, steps, metric,
-                                      ablated[T], grad_rows, tick)
+        for i in idx:
+            got, metrics[i] = _pair_scores(model, graph, prepared[i], d, method, steps, metric,
+                                           ablated[T], grad_rows, tick)
             full += got
-            metrics[sub, 0], metrics[sub, 1] = m[:len(sub)], m[len(sub):]
     scores = full[es, er] / P
     order = np.argsort(-np.abs(scores), kind="stable")
     t1 = time.perf_counter()
@@ -260,6 +252,8 @@ def run_circuit(model, pairs, method: str = "eap", *, steps: int = DEFAULT_STEPS
             base_ids = d.pick(pair.clean_ids, pair.corrupted_ids)[1]
             src_ids = d.pick(pair.clean_ids, pair.corrupted_ids)[0]
             lead = 1 if ablated[T] is None else 0        # row 0: the base run, ablating nothing
+            p0 = Prefix.start(model, pair, lead == 1)
+            prefix = Prefix(model, base_ids, p0) if p0 else None
             for s in range(0, len(ks), per_fwd - lead):
                 part = list(range(s, min(len(ks), s + per_fwd - lead)))
                 ids = torch.tensor([base_ids] * lead + [src_ids] * len(part))
@@ -268,7 +262,7 @@ def run_circuit(model, pairs, method: str = "eap", *, steps: int = DEFAULT_STEPS
                     ab = torch.cat([torch.zeros_like(ab[:1]), ab])
                 with model.locked(cancel, on_wait), torch.inference_mode():
                     vals = circuit_forward(model, graph, ids, ab, ablated[T], pair.answer_id,
-                                           pair.wrong_id, metric)
+                                           pair.wrong_id, metric, prefix)
                 curve_vals[i, part] = vals[lead:]
                 rows_run += len(ids)
                 tick(len(part))

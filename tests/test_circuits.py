@@ -17,7 +17,7 @@ from patchcore.errors import SweepError
 from patchcore.run_files import check_run_file
 from reference_edges import circuit_metric, eap_scores, edge_patches
 from reference_paths import path_metric
-from test_interventions import PAIR, ids_of
+from test_interventions import PAIR as EARLY, ids_of
 from tiny import FAMILIES, tiny_model
 
 pytestmark = pytest.mark.usefixtures("single_thread_module")
@@ -25,8 +25,14 @@ pytestmark = pytest.mark.usefixtures("single_thread_module")
 REFUSED = ["gemma2", "gemma3_text"]
 ADDITIVE = [f for f in FAMILIES if f not in REFUSED]
 TOL = 1e-4
-PAIR2 = pc.PromptPair(clean="When Anna and Tom met, Tom thanked her",
-                      corrupted="When Tom and Anna met, Anna thanked her", answer=" Anna", wrong=" Tom")
+# the IOI demo pair (16 tokens, first differs at position 9: the forwards of scores and curves
+# start there, from a cached prefix) and a second one; EARLY differs at position 1
+PAIR = pc.PromptPair(clean="After John and Mary went to the store, Mary gave a bottle of milk to",
+                     corrupted="After John and Mary went to the store, John gave a bottle of milk to",
+                     answer=" John", wrong=" Mary")
+PAIR2 = pc.PromptPair(clean="After Anna and Tom went to the park, Tom gave a ball to",
+                      corrupted="After Anna and Tom went to the park, Anna gave a ball to",
+                      answer=" Anna", wrong=" Tom")
 
 
 def node(name: str) -> tuple:
@@ -55,10 +61,10 @@ def edges_of(r: CircuitResult) -> list:
 def test_edge_patching_equals_the_reference(family):
     """Every edge of the tiny model, patched alone through the engine, both directions."""
     m = tiny_model(family)
-    for direction in ("denoise", "noise"):
-        r = run_circuit(m, PAIR, "eap", direction=direction, check_top=10**6, curve_points=0)
+    for direction, pair in (("denoise", PAIR), ("noise", EARLY)):
+        r = run_circuit(m, pair, "eap", direction=direction, check_top=10**6, curve_points=0)
         assert np.isfinite(r.exact).all() and r.check_top == r.n_edges
-        want = edge_patches(m.hf, *runs(m, direction), edges_of(r))
+        want = edge_patches(m.hf, *runs(m, direction, pair), edges_of(r))
         np.testing.assert_allclose(r.exact, want, atol=TOL, err_msg=f"{family} {direction}")
         assert np.abs(r.exact).max() > 1e-3          # the patches move the metric
 
@@ -159,6 +165,21 @@ def test_mean_ablation_over_the_base_prompt_is_the_corrupted_ablation():
     for r in (other, zero):
         assert r.curve[0]["faithfulness"] == 0.0 and r.curve[-1]["faithfulness"] == 1.0
         assert abs(r.curve[-1]["metric"] - r.clean_metric) <= TOL
+
+
+def test_the_cached_prefix_changes_nothing(monkeypatch):
+    """Scores and curve start at the first differing position; from position 0 they are the same."""
+    import patchcore.circuits as circuits
+    from patchcore.prompts import prepare_pair
+    m = tiny_model("gpt_neox")
+    assert circuits.Prefix.start(m, prepare_pair(m.tokenizer, PAIR), True) == 9
+    assert circuits.Prefix.start(m, prepare_pair(m.tokenizer, PAIR), False) == 0   # mean, zero
+    fast = run_circuit(m, [PAIR, EARLY], "eap-ig", steps=2, curve_points=3)
+    monkeypatch.setattr(circuits.Prefix, "start", staticmethod(lambda *a: 0))
+    slow = run_circuit(m, [PAIR, EARLY], "eap-ig", steps=2, curve_points=3)
+    assert fast.sender == slow.sender
+    np.testing.assert_allclose(fast.score, slow.score, atol=1e-6)
+    np.testing.assert_allclose([p["metric"] for p in fast.curve], [p["metric"] for p in slow.curve], atol=1e-5)
 
 
 def test_scores_average_over_pairs():
