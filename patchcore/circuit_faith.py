@@ -25,9 +25,13 @@ import numpy as np
 import torch
 
 from .backends.hooks import _first, _get_hidden
-from .circuit_graph import Graph, norms
-from .circuit_trace import HEAD, QKV, _logits_kw, maps
+from .ablations import RefSet, ioi_reference
+from .circuit_graph import Graph, build_graph, norms
+from .circuit_trace import HEAD, QKV, Prefix, _logits_kw, maps, sender_outputs, trace
+from .errors import Cancelled, SweepError
 from .metrics import compute_metric
+from .prompts import PromptPair
+from .sites import get_direction
 
 
 def log_grid(n_edges: int, points: int, extra=()) -> list[int]:
@@ -146,3 +150,119 @@ def rows_per_forward(model, graph: Graph, n_tokens: int, budget_mb: int = 512) -
     elem = torch.finfo(model.dtype).bits // 8
     per_row = 3 * graph.n_senders * n_tokens * model.components.d_model * elem
     return int(max(2, min(256, budget_mb * 2**20 // per_row)))
+
+
+def ticker(total: int, progress=None, cancel=None):
+    """tick(n): n more units done; reports progress(done, total) and raises Cancelled on cancel()."""
+    done = [0]
+
+    def tick(n: int) -> None:
+        if cancel is not None and cancel():
+            raise Cancelled()
+        done[0] += n
+        if progress:
+            progress(done[0], total)
+    return tick
+
+
+def default_reference(model, ablation: str, d, prepared: list, reference: RefSet | None):
+    """The reference set of a mean ablation: the dataset's prompts, or the generated IOI set."""
+    if ablation != "mean" or reference is not None:
+        return reference
+    from .interventions import dataset_reference
+    return dataset_reference("mean", d.name, prepared) if len(prepared) > 1 else ioi_reference(model.tokenizer)
+
+
+def ablated_outputs(model, graph: Graph, ablation: str, reference: RefSet | None, T: int):
+    """(S, T, D) ablated sender outputs for prompts of T tokens (None: each pair's base run), note.
+
+    mean: position by position over the reference prompts of T tokens; where there are none, one
+    mean over every token of all of them."""
+    if ablation == "corrupted":
+        return None, ""
+    if ablation == "zero":
+        return torch.zeros((graph.n_senders, T, model.components.d_model), device=model.device,
+                           dtype=model.dtype), ""
+    same = reference.of_length(T)
+    prompts = same or reference.prompts
+    total, count = None, 0
+    for i in range(0, len(prompts), 8):
+        chunk = prompts[i:i + 8]
+        for n in sorted({len(p) for p in chunk}):
+            ids = torch.tensor([p for p in chunk if len(p) == n])
+            with model.locked(), torch.inference_mode():
+                outs = sender_outputs(model, graph, trace(model, ids))
+                s = (outs.sum(0) if same else outs.sum((0, 2))[:, None]).double()
+            total = s if total is None else total + s
+            count += len(ids) if same else len(ids) * n
+    mean = (total / count).to(model.dtype)
+    if same:
+        return mean, f"mean over {len(same)} prompts of {reference.label} with {T} tokens"
+    return (mean.expand(-1, T, -1).clone(),
+            f"mean over every token of {len(prompts)} prompts of {reference.label} (none has {T} tokens)")
+
+
+def pair_curve(model, graph: Graph, pair, d, ablated, masks: torch.Tensor, metric: str, per_forward: int,
+               cancel=None, on_wait=None, tick=None) -> tuple[np.ndarray, int]:
+    """One pair's metric for each edge set (masks (G, S, R), 1 = ablated); and the rows run."""
+    base_ids, src_ids = d.pick(pair.clean_ids, pair.corrupted_ids)[1], d.pick(pair.clean_ids, pair.corrupted_ids)[0]
+    lead = 1 if ablated is None else 0             # row 0: the base run, ablating nothing
+    p0 = Prefix.start(model, pair, lead == 1)
+    prefix = Prefix(model, base_ids, p0) if p0 else None
+    out, rows = np.empty(len(masks)), 0
+    for s in range(0, len(masks), per_forward - lead):
+        part = list(range(s, min(len(masks), s + per_forward - lead)))
+        ids = torch.tensor([base_ids] * lead + [src_ids] * len(part))
+        ab = masks[part]
+        if lead:
+            ab = torch.cat([torch.zeros_like(ab[:1]), ab])
+        with model.locked(cancel, on_wait), torch.inference_mode():
+            vals = circuit_forward(model, graph, ids, ab, ablated, pair.answer_id, pair.wrong_id, metric, prefix)
+        out[part] = vals[lead:]
+        rows += len(ids)
+        if tick:
+            tick(len(part))
+    return out, rows
+
+
+def normalised_curve(ks: list[int], means: np.ndarray) -> list[dict]:
+    """[{edges, faithfulness, metric}]: (metric − metric(0 edges)) / (metric(all) − metric(0 edges));
+    ks[0] must be 0 and ks[-1] all edges. NaN where the two ends are the same."""
+    gap = means[-1] - means[0]
+    faith = (means - means[0]) / gap if abs(gap) > 1e-9 else np.full(len(ks), np.nan)
+    return [{"edges": int(k), "faithfulness": float(f) + 0.0, "metric": float(v)}
+            for k, f, v in zip(ks, faith, means)]
+
+
+def circuit_faithfulness(model, result, ks, *, pairs=None, reference: RefSet | None = None,
+                         progress=None, cancel=None, on_wait=None) -> list[dict]:
+    """Faithfulness of the top k edges of a CircuitResult for each k in `ks` (0 and all edges are
+    added: they normalise), on the result's own pairs unless others are given; the result's
+    direction, metric and ablation (mean: over the pairs' prompts unless `reference` is given).
+    Returns [{edges, faithfulness, metric}] with k ascending."""
+    from .interventions import _prepare
+    d = get_direction(result.direction)
+    graph = build_graph(model)
+    if (graph.n_layers, graph.n_heads, graph.n_kv_heads, graph.parallel) != (
+            result.n_layers, result.n_heads, result.n_kv_heads, result.parallel_residual):
+        raise SweepError("This circuit was found on another model; load that model to measure it.",
+                         field="model")
+    prepared = _prepare(model, pairs if pairs is not None else
+                        [PromptPair(*(p[k] for k in ("clean", "corrupted", "answer", "wrong"))) for p in result.pairs])
+    es, er = graph.edges()
+    index = {(s, r): i for i, (s, r) in enumerate(zip(es.tolist(), er.tolist()))}
+    send = {n: i for i, n in enumerate(graph.senders())}
+    recv = {n: i for i, n in enumerate(graph.receivers())}
+    order = np.array([index[(send[s], recv[r])] for s, r in zip(result.sender, result.receiver)])
+    ks = log_grid(len(es), 0, [int(k) for k in ks])
+    masks = ablation_masks(graph, order, ks, es, er)
+    reference = default_reference(model, result.ablation, d, prepared, reference)
+    vals, ablated = np.empty((len(prepared), len(ks))), {}
+    tick = ticker(len(prepared) * len(ks), progress, cancel)
+    for i, pair in enumerate(prepared):
+        T = pair.n_tokens
+        if T not in ablated:
+            ablated[T] = ablated_outputs(model, graph, result.ablation, reference, T)[0]
+        vals[i], _ = pair_curve(model, graph, pair, d, ablated[T], masks, result.metric,
+                                rows_per_forward(model, graph, T), cancel, on_wait, tick)
+    return normalised_curve(ks, vals.mean(0))

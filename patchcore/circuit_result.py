@@ -68,14 +68,14 @@ class CircuitResult:
     parallel_residual: bool = False
     reference: str = ""
     pairs: list = field(default_factory=list)
-    seconds: float = 0.0
+    device: str = "cpu"         # where and when (results.stamp)
+    dtype: str = "float32"
+    created: str = ""
+    seconds: float = 0.0        # the work: wall time (model loading excluded), per stage, rows
     timings: dict = field(default_factory=dict)
     forward_rows: int = 0
     backend: str = "local"
-    device: str = "cpu"
-    dtype: str = "float32"
     warnings: list = field(default_factory=list)
-    created: str = ""
     kind = "circuit"
 
     @property

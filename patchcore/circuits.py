@@ -32,15 +32,16 @@ import time
 import numpy as np
 import torch
 
-from .ablations import RefSet, ioi_reference
+from .ablations import RefSet
 from .backends.base import Batch, Writes
-from .circuit_faith import ablation_masks, circuit_forward, log_grid, rows_per_forward
-from .circuit_graph import Graph, build_graph, norms
+from .circuit_faith import (ablated_outputs, ablation_masks, default_reference, log_grid,
+                            normalised_curve, pair_curve, rows_per_forward, ticker)
+from .circuit_graph import build_graph, norms
 from .circuit_result import CircuitResult
 from .circuit_trace import Prefix, receiver_grads, sender_outputs, trace
 from .engine import batch_rows, make_backend, run_batch
-from .errors import Cancelled, SweepError
-from .interventions import _prepare, dataset_reference
+from .errors import SweepError
+from .interventions import _prepare
 from .metrics import check_metric, compute_metric, from_readout
 from .paths import MLP_IN
 from .results import stamp
@@ -64,32 +65,6 @@ def _check_args(method, steps, ablation, edges, check_top):
                          f"'{ablation}').", field="ablation")
     if int(edges) < 1 or int(check_top) < 0:
         raise SweepError("edges must be at least 1 and check_top at least 0.", field="edges")
-
-
-def _ablated(model, graph: Graph, ablation: str, reference: RefSet | None, T: int):
-    """(S, T, D) ablated sender outputs for prompts of T tokens (None: each pair's base run), note."""
-    if ablation == "corrupted":
-        return None, ""
-    c = model.components
-    if ablation == "zero":
-        return torch.zeros((graph.n_senders, T, c.d_model), device=model.device, dtype=model.dtype), ""
-    same = reference.of_length(T)
-    prompts = same or reference.prompts
-    total, count = None, 0
-    for i in range(0, len(prompts), 16):
-        chunk = prompts[i:i + 16]
-        for n in sorted({len(p) for p in chunk}):
-            ids = torch.tensor([p for p in chunk if len(p) == n])
-            with model.locked(), torch.inference_mode():
-                outs = sender_outputs(model, graph, trace(model, ids)).double()
-            s = outs.sum(0) if same else outs.sum((0, 2))[:, None]
-            total = s if total is None else total + s
-            count += len(ids) if same else len(ids) * n
-    mean = (total / count).to(model.dtype)
-    if same:
-        return mean, f"mean over {len(same)} prompts of {reference.label} with {T} tokens"
-    return (mean.expand(-1, T, -1).clone(),
-            f"mean over every token of {len(prompts)} prompts of {reference.label} (none has {T} tokens)")
 
 
 def _capture(model, group, d):
@@ -189,22 +164,12 @@ def run_circuit(model, pairs, method: str = "eap", *, steps: int = DEFAULT_STEPS
     steps = int(steps) if method == "eap-ig" else 1
     graph = build_graph(model)
     prepared = _prepare(model, pairs)
-    if ablation == "mean" and reference is None:
-        reference = (dataset_reference("mean", d.name, prepared) if len(prepared) > 1
-                     else ioi_reference(model.tokenizer))
+    reference = default_reference(model, ablation, d, prepared, reference)
     es, er = graph.edges()
     E, P = len(es), len(prepared)
     K, T_check = min(int(edges), E), min(int(check_top), E)
     ks = log_grid(E, curve_points, [K])
-    total_units = P * (steps + T_check + len(ks))
-    done = [0]
-
-    def tick(n):
-        if cancel is not None and cancel():
-            raise Cancelled()
-        done[0] += n
-        if progress:
-            progress(done[0], total_units)
+    tick = ticker(P * (steps + T_check + len(ks)), progress, cancel)
 
     backend = make_backend(model, backend)
     c = model.components
@@ -217,7 +182,7 @@ def run_circuit(model, pairs, method: str = "eap", *, steps: int = DEFAULT_STEPS
     metrics = np.empty((P, 2))                    # base, source
     grad_rows = max(1, min(64, batch_rows(model, lengths[-1]) // c.n_layers))
     for T, idx in groups.items():
-        ablated[T], note = _ablated(model, graph, ablation, reference, T)
+        ablated[T], note = ablated_outputs(model, graph, ablation, reference, T)
         if note:
             notes.append(note)
         for i in idx:
@@ -249,29 +214,12 @@ def run_circuit(model, pairs, method: str = "eap", *, steps: int = DEFAULT_STEPS
                                           metric, metrics[i, 0], batch_size, cancel, on_wait)
                 t_check += time.perf_counter() - tc
                 tick(T_check)
-            base_ids = d.pick(pair.clean_ids, pair.corrupted_ids)[1]
-            src_ids = d.pick(pair.clean_ids, pair.corrupted_ids)[0]
-            lead = 1 if ablated[T] is None else 0        # row 0: the base run, ablating nothing
-            p0 = Prefix.start(model, pair, lead == 1)
-            prefix = Prefix(model, base_ids, p0) if p0 else None
-            for s in range(0, len(ks), per_fwd - lead):
-                part = list(range(s, min(len(ks), s + per_fwd - lead)))
-                ids = torch.tensor([base_ids] * lead + [src_ids] * len(part))
-                ab = masks[part]
-                if lead:
-                    ab = torch.cat([torch.zeros_like(ab[:1]), ab])
-                with model.locked(cancel, on_wait), torch.inference_mode():
-                    vals = circuit_forward(model, graph, ids, ab, ablated[T], pair.answer_id,
-                                           pair.wrong_id, metric, prefix)
-                curve_vals[i, part] = vals[lead:]
-                rows_run += len(ids)
-                tick(len(part))
+            curve_vals[i], n = pair_curve(model, graph, pair, d, ablated[T], masks, metric, per_fwd,
+                                          cancel, on_wait, tick)
+            rows_run += n
     if T_check:
         exact[order[:T_check]] = exact_sum / P
     seconds = time.perf_counter() - t0
-    means = curve_vals.mean(0)
-    gap = means[-1] - means[0]
-    faith = (means - means[0]) / gap if abs(gap) > 1e-9 else np.full(len(ks), np.nan)
     clean = metrics[:, 1] if d.source_row == 0 else metrics[:, 0]
     corrupted = metrics[:, 0] if d.source_row == 0 else metrics[:, 1]
     senders, receivers = graph.senders(), graph.receivers()
@@ -282,8 +230,7 @@ def run_circuit(model, pairs, method: str = "eap", *, steps: int = DEFAULT_STEPS
         clean_metric=float(clean.mean()), corrupted_metric=float(corrupted.mean()),
         sender=[senders[s] for s in es[order]], receiver=[receivers[r] for r in er[order]],
         score=scores[order], exact=exact[order], top_k=K, check_top=T_check,
-        curve=[{"edges": int(k), "faithfulness": float(f), "metric": float(v)}
-               for k, f, v in zip(ks, faith, means)],
+        curve=normalised_curve(ks, curve_vals.mean(0)),
         pairs=[p.pair.to_dict() for p in prepared], seconds=seconds,
         timings={"scores_seconds": t1 - t0, "check_seconds": t_check,
                  "curve_seconds": seconds - (t1 - t0) - t_check},

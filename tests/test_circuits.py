@@ -256,3 +256,19 @@ def test_bad_arguments():
         with pytest.raises(SweepError) as exc:
             run_circuit(m, PAIR, **kw)
         assert exc.value.field == field
+
+
+def test_faithfulness_of_any_circuit_size():
+    """circuit_faithfulness re-measures a stored result at other sizes; the run's own points agree."""
+    from patchcore.circuit_faith import circuit_faithfulness
+    m = tiny_model("qwen2")
+    r = run_circuit(m, [PAIR, PAIR2], "eap", edges=10, curve_points=3)
+    again = circuit_faithfulness(m, CircuitResult.from_json(r.to_json()), [10, 33])
+    assert [p["edges"] for p in again] == [0, 10, 33, r.n_edges]
+    assert again[0]["faithfulness"] == 0.0 and again[-1]["faithfulness"] == 1.0
+    assert abs(again[1]["faithfulness"] - r.faithfulness(10)) <= 1e-6
+    kept = set(edges_of(r)[:33])
+    want = np.mean([circuit_metric(m.hf, *runs(m, "denoise", p), kept) for p in (PAIR, PAIR2)])
+    assert abs(again[2]["metric"] - want) <= TOL
+    with pytest.raises(SweepError):
+        circuit_faithfulness(tiny_model("gpt2"), r, [5])

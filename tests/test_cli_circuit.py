@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from patchcore import cli
 from patchcore.history import History
 from patchcore.prompts import PromptPair
 from reference_edges import edge_patches
 from test_circuits import node
+from test_cli_patch import PATCHCORE, db, run_main  # noqa: F401 (db is a fixture)
 from test_interventions import ids_of
-
-PATCHCORE = [sys.executable, "-m", "patchcore.cli"]
-
-
-@pytest.fixture
-def db(tmp_path, monkeypatch):
-    path = tmp_path / "h.sqlite3"
-    monkeypatch.setenv("PATCHCORE_HISTORY_DB", str(path))
-    return path
-
-
-def run_main(capsys, *argv):
-    with pytest.raises(SystemExit) as exc:
-        raise SystemExit(cli.main([str(a) for a in argv]))
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.mark.embedded
