@@ -236,4 +236,7 @@ def run_circuit(model, pairs, method: str = "eap", *, steps: int = DEFAULT_STEPS
                  "curve_seconds": seconds - (t1 - t0) - t_check},
         forward_rows=int(rows_run), backend=backend.name, **stamp(model))
     result.warnings.extend(result.default_warnings())
+    if int(edges) > E:
+        result.warnings.append(f"{int(edges):,} edges were asked for, and the graph has {E:,}: the circuit "
+                               f"is all of them.")
     return result

@@ -256,6 +256,8 @@ def test_bad_arguments():
         with pytest.raises(SweepError) as exc:
             run_circuit(m, PAIR, **kw)
         assert exc.value.field == field
+    r = run_circuit(m, PAIR, "eap", edges=10**6, curve_points=0)
+    assert r.top_k == r.n_edges and r.faithfulness_top_k == 1.0 and "the circuit is all of them" in r.warnings[-1]
 
 
 def test_faithfulness_of_any_circuit_size():
