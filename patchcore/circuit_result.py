@@ -191,6 +191,18 @@ class CircuitResult:
         return lines + [f"Warning: {w}" for w in self.warnings]
 
 
+def describe_circuit(r: dict) -> dict:
+    """The history's index columns of a circuit's JSON (history.describe)."""
+    n_pairs = int(r.get("n_pairs", 1) or 1)
+    f = r.get("faithfulness_top_k")
+    title = (f"circuit {r.get('method', '')} {r.get('direction', '')} – top {r.get('top_k')} of "
+             f"{len(r.get('edges') or [])} edges" + (f", faithfulness {f:.2f}" if f is not None else "")
+             + f" ×{n_pairs}")
+    return {"kind": "circuit", "model": str(r.get("model", "")), "sweep": "circuit",
+            "direction": r.get("direction", ""), "metric": str(r.get("metric", "")), "n_pairs": n_pairs,
+            "seconds": float(r.get("seconds", 0) or 0), "title": title, "created": r.get("created") or ""}
+
+
 def check_circuit_json(d: dict, where: str) -> None:
     """Raise HistoryError (one line naming the field) unless `d` is a CircuitResult's JSON."""
     from .metrics import METRICS

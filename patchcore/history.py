@@ -142,16 +142,8 @@ def _now() -> str:
 def describe(result_json: dict) -> dict:
     """Index columns of a result JSON: kind, model, sweep, direction, metric, n_pairs, seconds, title."""
     if result_json.get("kind") == "circuit":
-        r = result_json
-        n_pairs = int(r.get("n_pairs", 1) or 1)
-        f = r.get("faithfulness_top_k")
-        return {"kind": "circuit", "model": str(r.get("model", "")), "sweep": "circuit",
-                "direction": r.get("direction", ""), "metric": str(r.get("metric", "")),
-                "n_pairs": n_pairs, "seconds": float(r.get("seconds", 0) or 0),
-                "title": f"circuit {r.get('method', '')} {r.get('direction', '')} – top {r.get('top_k')} "
-                         f"of {len(r.get('edges') or [])} edges" + (f", faithfulness {f:.2f}" if f is not None
-                                                                  else "") + f" ×{n_pairs}",
-                "created": r.get("created") or ""}
+        from .circuit_result import describe_circuit
+        return describe_circuit(result_json)
     if result_json.get("kind") == "patch":   # sites together, or a path: the sites are the title
         r = result_json
         sites = ", ".join(r.get("sites") or []) or "no senders"
