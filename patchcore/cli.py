@@ -77,10 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmark: seed loop vs plain batched hooks vs patchcore",
                        add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)
+    from .cli_circuit import add_circuit_parser
     from .cli_patch import add_patch_parsers
     from .cli_runs import add_dataset_args, add_runs_parser  # datasets, run history (issue 5)
     add_dataset_args(s)
     add_patch_parsers(sub)
+    add_circuit_parser(sub)
     add_runs_parser(sub)
     return p
 
@@ -390,6 +392,9 @@ def main(argv=None) -> int:
         if args.command in ("patch", "path"):
             from .cli_patch import cmd_patch
             return cmd_patch(args)
+        if args.command == "circuit":
+            from .cli_circuit import cmd_circuit
+            return cmd_circuit(args)
     except PatchError as exc:
         print(f"patchcore: error: {exc.message.splitlines()[0]}", file=sys.stderr)
         for line in exc.message.splitlines()[1:]:  # aligned token tables etc. go to stdout

@@ -131,6 +131,8 @@ def run_dataset_cli(args, model, progress=None, pairs_data: bytes | None = None)
 
 def summary_lines(result) -> list[str]:
     from .results import DatasetResult, PatchSetResult
+    if getattr(result, "kind", None) == "circuit":
+        return result.summary_lines()
     if isinstance(result, PatchSetResult):
         from .summary import patch_summary
         return patch_summary(result)
@@ -143,7 +145,8 @@ def summary_lines(result) -> list[str]:
 
 def sweep_settings(args) -> dict:
     keys = ["model", "revision", "dtype", "device", "sweep", "direction", "metric", "batch_size",
-            "ablation", "draws", "sites", "complement", "senders", "receivers"]
+            "ablation", "draws", "sites", "complement", "senders", "receivers", "method", "steps",
+            "edges", "check_top", "points"]
     if is_dataset(args):
         keys += ["ioi", "seed", "corruption", "templates", "pairs", "length", "n_boot"]
     else:

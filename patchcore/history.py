@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS runs (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     created     TEXT NOT NULL,            -- when the run was made (UTC, ISO 8601)
     saved       TEXT NOT NULL,            -- when this row was written (import time for imports)
-    kind        TEXT NOT NULL,            -- single | dataset | both
+    kind        TEXT NOT NULL,            -- single | dataset | both | patch | circuit
     source      TEXT NOT NULL,            -- cli | dashboard | import | api
     title       TEXT NOT NULL,
     model       TEXT NOT NULL,
@@ -140,6 +140,9 @@ def _now() -> str:
 
 def describe(result_json: dict) -> dict:
     """Index columns of a result JSON: kind, model, sweep, direction, metric, n_pairs, seconds, title."""
+    if result_json.get("kind") == "circuit":
+        from .circuit_result import describe_circuit
+        return describe_circuit(result_json)
     if result_json.get("kind") == "patch":   # sites together, or a path: the sites are the title
         r = result_json
         sites = ", ".join(r.get("sites") or []) or "no senders"

@@ -263,7 +263,10 @@ class BothResult:
 
 
 def result_from_json(d: dict):
-    """PatchResult, DatasetResult, BothResult or PatchSetResult from its JSON."""
+    """PatchResult, DatasetResult, BothResult, PatchSetResult or CircuitResult from its JSON."""
+    if d.get("kind") == "circuit":
+        from .circuit_result import CircuitResult
+        return CircuitResult.from_json(d)
     if d.get("kind") == "both":
         return BothResult.from_json(d)
     if d.get("kind") == "patch":

@@ -357,7 +357,11 @@ def check_result_json(d, where: str = "") -> None:
     _obj(d, where or "result")
     kind = d.get("kind")
     if kind is not None:
-        _text(kind, _at(where, "kind"), choices=("single", "dataset", "both", "patch"))
+        _text(kind, _at(where, "kind"), choices=("single", "dataset", "both", "patch", "circuit"))
+    if kind == "circuit":
+        from .circuit_result import check_circuit_json
+        check_circuit_json(d, where)
+        return
     if kind == "patch":
         _check_patch_set(d, where)
         return
@@ -419,7 +423,7 @@ def check_run_file(doc) -> tuple[dict, dict, dict, str | None, str | None]:
             if k not in ("result", "settings", "timings", "title", "created"):
                 _free(v, _at("run", k), 1)
         return run["result"], settings, timings, title or None, run.get("created") or None
-    if "values" in doc or doc.get("kind") in ("both", "patch"):
+    if "values" in doc or doc.get("kind") in ("both", "patch", "circuit"):
         check_result_json(doc)
         return doc, {}, {}, None, doc.get("created") if doc.get("kind") != "both" else None
     raise HistoryError("This file is not a patchcore run (export one with `patchcore runs export ID` "
