@@ -7,9 +7,9 @@ from ui import remote as ui_remote
 from ui import datasets as uid
 from patchcore import METRICS, SWEEPS
 from patchcore.dataset_run import estimate_dataset_seconds, plan_dataset
-from patchcore.datasets import (CORRUPTIONS, MAX_IOI_PAIRS, MAX_UPLOAD_BYTES, MAX_UPLOAD_PAIRS, ROLE_HELP,
-                                TEMPLATE_SETS, for_sweep, generate_ioi, length_groups, parse_upload,
-                                rejected_summary)
+from patchcore.datasets import for_sweep, length_groups
+from patchcore.ioi import CORRUPTIONS, MAX_IOI_PAIRS, ROLE_HELP, TEMPLATE_SETS, generate_ioi
+from patchcore.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PAIRS, parse_upload, rejected_summary
 
 ui.page("Datasets", ":material/dataset:")
 ss = st.session_state

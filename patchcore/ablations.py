@@ -77,7 +77,7 @@ class RefSet:
 
 def ioi_reference(tokenizer, n: int = DEFAULT_REFERENCE_PAIRS, seed: int = 0) -> RefSet:
     """Both prompts of n generated IOI pairs (the mean ablation's default reference set)."""
-    from .datasets import generate_ioi
+    from .ioi import generate_ioi
     from .prompts import encode
 
     ds = generate_ioi(tokenizer, n, seed=seed)

@@ -24,7 +24,7 @@ from .errors import PatchError
 def add_dataset_args(s) -> None:
     """Flags of `patchcore sweep` for datasets and history."""
     from .cli import MAX_SEED, int_arg
-    from .datasets import MAX_IOI_PAIRS
+    from .ioi import MAX_IOI_PAIRS
     from .prompts import MAX_PROMPT_TOKENS
     g = s.add_argument_group("datasets (many pairs: means with 95% bootstrap intervals)")
     which = g.add_mutually_exclusive_group()
@@ -79,7 +79,8 @@ def is_dataset(args) -> bool:
 def read_pairs_file(path: str) -> bytes:
     """The bytes of a --pairs file, read and checked as a file (header, text, rows) before the model
     loads; never more than the upload limit is read (so /dev/zero or a huge file stops at once)."""
-    from .datasets import MAX_UPLOAD_BYTES, DatasetError, parse_upload
+    from .datasets import DatasetError
+    from .uploads import MAX_UPLOAD_BYTES, parse_upload
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_UPLOAD_BYTES + 1)
@@ -98,7 +99,9 @@ def _display_name(path: str) -> str:
 
 def load_dataset(args, model, pairs_data: bytes | None = None):
     """The PairDataset that --ioi N or --pairs FILE ask for (rejected rows reported on stderr)."""
-    from .datasets import DatasetError, generate_ioi, parse_upload
+    from .datasets import DatasetError
+    from .ioi import generate_ioi
+    from .uploads import parse_upload
 
     if args.ioi is not None and args.pairs:
         raise PatchError("Use either --ioi N or --pairs FILE, not both.")

@@ -11,7 +11,9 @@ import time
 
 import numpy as np
 
-from .datasets import DatasetPair, PairDataset, for_sweep, pairs_from_list, role_order
+from .datasets import DatasetPair, PairDataset, for_sweep, pairs_from_list
+
+from .ioi import role_order
 from .ablations import DEFAULT_DRAWS, get_ablation
 from .engine import make_backend, run_cells_many
 from .interventions import dataset_reference

@@ -1,7 +1,7 @@
 """Prompt-pair presets and the IOI builder (pure Python; the dashboard's Prompts page uses them).
 
 The IOI material (names, templates, places, objects) is patchcore/data/ioi.json,
-read and filled by patchcore.datasets (which builds whole IOI datasets); the
+read and filled by patchcore.ioi (which builds whole IOI datasets); the
 builder here makes one pair from the user's own choices.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .datasets import CORRUPTIONS, _fill, load_ioi_material, single_token_words
+from .ioi import CORRUPTIONS, _fill, load_ioi_material, single_token_words
 from .prompts import DEFAULT_PAIR, PromptPair
 
 
@@ -65,7 +65,7 @@ def abc_names(io: str, subject: str, pool: list[str], seed: str = "") -> list[st
 
 def ioi_pair(template: str, io: str, subject: str, place: str = "store", obj: str = "drink",
              corruption: str = "swap", pool: list[str] | None = None) -> PromptPair:
-    """One clean/corrupted IOI pair, as patchcore.datasets.generate_ioi builds them.
+    """One clean/corrupted IOI pair, as patchcore.ioi.generate_ioi builds them.
 
     io = [A], the answer (indirect object); subject = [B], the giver (the wrong answer).
     'swap' puts the io name at the second mention of the subject (the answer flips);

@@ -8,7 +8,7 @@ import pytest
 
 import patchcore as pc
 from patchcore.advice import pair_advice, spacing_advice
-from patchcore.datasets import parse_upload
+from patchcore.uploads import parse_upload
 
 PARIS = pc.PromptPair("The Eiffel Tower is in the city of", "The Colosseum is in the city of", "Paris", " Rome")
 

@@ -6,7 +6,7 @@ import pytest
 
 from app_helpers import chart_data, chart_spec, charts, click_chart, errors, no_exception, open_app, texts, wait_for_job
 from patchcore.dataset_run import run_both
-from patchcore.datasets import generate_ioi
+from patchcore.ioi import generate_ioi
 from patchcore.engine import run_sweep
 from patchcore.history import History
 from patchcore.prompts import PromptPair

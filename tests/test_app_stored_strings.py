@@ -9,7 +9,7 @@ from app_helpers import charts, click_chart, isolated_history, no_exception, ope
 from patchcore import DEFAULT_PAIR, run_sweep
 from patchcore.dataset_run import run_dataset
 from patchcore.results import result_from_json
-from patchcore.datasets import generate_ioi
+from patchcore.ioi import generate_ioi
 from patchcore.history import History
 
 EVIL = "http://evil.invalid"

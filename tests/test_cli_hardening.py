@@ -200,7 +200,7 @@ def test_header_only_pairs_file_says_so_before_the_model_loads(capsys, tmp_path,
 
 
 def test_rejected_rows_summary_counts_what_can_run(tokenizer):
-    from patchcore.datasets import parse_upload, rejected_summary
+    from patchcore.uploads import parse_upload, rejected_summary
     good = '"The cat sat on the","The dog sat on the"," mat"," rug"'
     bad = '"only",two'
     one_bad = parse_upload("clean,corrupted,answer,wrong\n" + bad + "\n", "p.csv", tokenizer)

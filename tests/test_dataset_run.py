@@ -8,7 +8,8 @@ import pytest
 from patchcore.dataset_run import plan_dataset, run_both, run_dataset
 from patchcore.results import BothResult, DatasetResult, result_from_json
 from patchcore.dataset_summary import dataset_summary, quadrant_summary, quadrants
-from patchcore.datasets import generate_ioi, parse_upload
+from patchcore.ioi import generate_ioi
+from patchcore.uploads import parse_upload
 from patchcore.engine import run_sweep
 from patchcore.errors import Cancelled
 from patchcore.prompts import PromptPair

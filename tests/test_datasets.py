@@ -5,8 +5,9 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from patchcore.datasets import (ROLE_ORDER, DatasetError, for_sweep, generate_ioi, ioi_roles,
-                                ioi_vocabulary, length_groups, load_ioi_material, parse_upload, role_order)
+from patchcore.datasets import DatasetError, for_sweep, length_groups
+from patchcore.ioi import ROLE_ORDER, generate_ioi, ioi_roles, ioi_vocabulary, load_ioi_material, role_order
+from patchcore.uploads import parse_upload
 from patchcore.prompts import PromptPair
 
 SMALL_NAMES = ["John", "Mary", "Paul", "Sarah", "David", "James", "Laura"]

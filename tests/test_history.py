@@ -13,7 +13,7 @@ import pytest
 
 from patchcore.dataset_run import run_both
 from patchcore.results import BothResult
-from patchcore.datasets import generate_ioi
+from patchcore.ioi import generate_ioi
 from patchcore.engine import run_sweep
 from patchcore.history import History, HistoryError, data_dir, default_db_path, save_run
 from patchcore.prompts import DEFAULT_PAIR
