@@ -241,6 +241,11 @@ def _load_hf(name: str, spec: ModelSpec, dtype: torch.dtype):
         raise ModelLoadError(f"'{name}' is a file, not a model folder. Point to a transformers "
                              f"model folder (with config.json) or a .gguf file.")
     tok_kwargs = {k: v for k, v in kwargs.items() if k != "dtype" and k not in _PLACEMENT}
+    from .access import is_hub_id
+    if not Path(name).expanduser().is_dir() and not is_hub_id(name):   # before asking the hub
+        raise ModelLoadError(f"'{name}' is not a valid model id. A hub id is a name or owner/name of "
+                             f"letters, digits, '-', '_' and '.', e.g. 'openai-community/gpt2'; a model "
+                             f"folder or .gguf file is given by its path.", "model")
     if Path(name).expanduser().is_dir():
         folder = str(Path(name).expanduser())
         return (AutoModelForCausalLM.from_pretrained(folder, **kwargs),
