@@ -72,9 +72,11 @@ def plan_dataset(model: LoadedModel, pairs, sweep: str = "layer_pos", directions
 
 
 def estimate_dataset_seconds(model: LoadedModel, pairs, sweep: str = "layer_pos", directions: int = 1,
-                             length: int | None = None) -> float | None:
+                             length: int | None = None, wait: bool = True) -> float | None:
     """Rough time before a run: the engine's per-sweep estimate summed over pairs (positions
-    before the first difference are not run). None when no estimate is available."""
+    before the first difference are not run), corrected by what dataset runs here took
+    (estimate.learn with kind "dataset"). wait=False never blocks (see estimate_seconds).
+    None when no estimate is available."""
     try:
         from .estimate import estimate_seconds
     except ImportError:  # pragma: no cover - depends on what is installed
@@ -87,7 +89,8 @@ def estimate_dataset_seconds(model: LoadedModel, pairs, sweep: str = "layer_pos"
         prep = prepare_pair(model.tokenizer, it.pair)
         key = (prep.n_tokens, prep.first_diff)
         if key not in per_shape:
-            per_shape[key] = float(estimate_seconds(model, key[0], sweep, first_diff=key[1]))
+            per_shape[key] = float(estimate_seconds(model, key[0], sweep, first_diff=key[1], wait=wait,
+                                                    kind="dataset"))
         total += per_shape[key]
     return total * directions
 

@@ -198,9 +198,10 @@ def calibrate_soon(model: LoadedModel) -> None:
 
 def estimate_seconds(model: LoadedModel, n_tokens: int, sweep: str, *, method: str = "exact",
                      batch_size: int | None = None, skip_lower: bool = True,
-                     first_diff: int = 0, wait: bool = True) -> float:
+                     first_diff: int = 0, wait: bool = True, kind: str = "sweep") -> float:
     """Seconds a sweep should take on this machine (method 'exact' or 'atp'), corrected by what
-    earlier runs of this model here took (learn).
+    earlier runs of this model here took (learn; `kind` "dataset" for a sweep that is part of a
+    dataset run, whose pairs share batches).
 
     The first call on a free model times two small forwards; while another run holds the
     model it guesses from the model's size instead. wait=False never blocks: an uncalibrated
@@ -213,7 +214,7 @@ def estimate_seconds(model: LoadedModel, n_tokens: int, sweep: str, *, method: s
                           _GUESS_FLOPS.get(torch.device(model.device).type, 2e10), False)
     else:
         cal = calibrate(model, wait=False)
-    return correction(model) * _raw_seconds(model, n_tokens, sweep, cal, method=method,
+    return correction(model, kind) * _raw_seconds(model, n_tokens, sweep, cal, method=method,
                                             batch_size=batch_size, skip_lower=skip_lower,
                                             first_diff=first_diff, wait=wait)
 
