@@ -21,6 +21,9 @@ from .results import PatchResult
 from .sites import get_direction
 
 CELL_TEXT_LIMIT = 500  # draw numbers in cells only when there are few enough to read
+# a chart stretched to its container fits its width only: its height stays the rows' height (a
+# whole-chart fit squeezed the rows to make room for titles, labels and the legend)
+FIT_WIDTH = alt.AutoSizeParams(type="fit-x", contains="padding")
 SELECT_NAME = "cell"
 HEAD_AXES = ("head", "kv_head")
 
@@ -45,8 +48,9 @@ def chart_axes(r: PatchResult, position: int | None = None) -> tuple[str, str]:
     return "position", "layer"
 
 
-def x_encoding(r, x: str, labels=None) -> alt.X:
-    """Token labels on positions (the differing ones in red, bold), heads upright."""
+def x_encoding(r, x: str, labels=None, small: bool = False) -> alt.X:
+    """Token labels on positions (the differing ones in red, bold), heads upright; `small`: for
+    small multiples (smaller labels, no axis title)."""
     if x == "position":
         shown = [str(t).strip() or repr(t) for t in (labels or r.tokens)]
         other = getattr(r, "corrupted_tokens", None) or []
@@ -58,8 +62,9 @@ def x_encoding(r, x: str, labels=None) -> alt.X:
         title = "role" if getattr(r, "aligned_by", "") == "role" else "token position"
         # the title sits on the axis, not the field: a cell's aria-label then reads 'position: 5'
         return alt.X("position:O", axis=alt.Axis(
-            title=title + " (red: where the prompts differ)" if diff != "[]" else title,
+            title=None if small else title + " (red: where the prompts differ)" if diff != "[]" else title,
             labelExpr=f"{labels}[datum.value]", labelAngle=-45, labelOverlap=False,
+            labelFontSize=8 if small else 10,
             labelColor=alt.ExprRef(f"indexof({diff}, datum.value) >= 0 ? '#b2182b' : '#333'"),
             labelFontWeight=alt.ExprRef(f"indexof({diff}, datum.value) >= 0 ? 'bold' : 'normal'")))
     if x in HEAD_AXES:
@@ -123,42 +128,30 @@ def chart_title(r, head=None, position=None) -> str:
     return t
 
 
-def heatmap(r: PatchResult, value: str = "normalized", head: int | None = None,
-            position: int | None = None, width: int | None = None, selectable: bool = True,
-            selected: dict | None = None) -> alt.LayerChart:
-    """The heatmap of a result (see the module docstring); `selected` outlines one cell."""
-    d = get_direction(r.direction)
-    df = chart_frame(r, head, position)
-    x, _ = chart_axes(r, position)
-    if x == "column":
-        df = df.assign(column="all positions")
-    df = df.assign(damage=1.0 - df["normalized"])
-    field = "value" if value == "value" else ("normalized" if d.restores else "damage")
+def colour_field(r: PatchResult, value: str = "normalized") -> str:
+    """The column a view colours by: the raw value, the restored share (denoising, the score)
+    or the destroyed share (noising, 1 − score)."""
+    if value == "value":
+        return "value"
+    return "normalized" if get_direction(r.direction).restores else "damage"
+
+
+def _scale(r: PatchResult, df: pd.DataFrame, field: str) -> tuple[alt.Scale, float, float]:
+    """(diverging scale, its midpoint, its half-width): raw values centred on the unpatched
+    target run with a symmetric domain (small changes stay pale), shares centred at 0."""
     vals = df[field].to_numpy(dtype=float)
     vals = vals[np.isfinite(vals)]
-    if field == "value":   # centred on the unpatched target run, symmetric: small changes stay pale
+    if field == "value":
+        d = get_direction(r.direction)
         mid = float(d.target_metric(r.clean_metric, r.corrupted_metric))
-        extent = float(np.abs(vals - mid).max()) if vals.size else 1.0
-        scale = alt.Scale(scheme="redblue", reverse=True, domainMid=mid,
-                          domain=[mid - (extent or 1.0), mid + (extent or 1.0)])
+        extent = (float(np.abs(vals - mid).max()) if vals.size else 1.0) or 1.0
     else:
-        extent = max(float(np.abs(vals).max()) if vals.size else 1.0, 1.0)
-        mid = 0.0
-        scale = alt.Scale(scheme="redblue", reverse=True, domainMid=0, domain=[-extent, extent])
-    dataset = "normalized_low" in df.columns
-    if dataset:
-        lo, hi = ("ci_low", "ci_high") if field == "value" else ("normalized_low", "normalized_high")
-        low, high = df[lo], df[hi]
-        if field == "damage":
-            low, high = 1.0 - df["normalized_high"], 1.0 - df["normalized_low"]
-        nlo, nhi = df["normalized_low"], df["normalized_high"]
-        zero = d.effect(0.0)   # the score of no effect (effect() is its own inverse)
-        df = df.assign(low=low, high=high, certain=np.where(
-            ~(np.isfinite(nlo) & np.isfinite(nhi)), "no interval",
-            np.where((nlo <= zero) & (nhi >= zero), "not clear (interval includes no effect)",
-                     "clear effect")))
-    df = df.assign(shown=df[field].round(2))
-    x_enc, y_enc = x_encoding(r, x), y_encoding(r.n_layers)
+        mid, extent = 0.0, max(float(np.abs(vals).max()) if vals.size else 1.0, 1.0)
+    return (alt.Scale(scheme="redblue", reverse=True, domainMid=mid, domain=[mid - extent, mid + extent]),
+            mid, extent)
+
+
+def _tooltip(r: PatchResult, df: pd.DataFrame, field: str, dataset: bool) -> list:
     fields = [a for a in ("layer", "position") + HEAD_AXES if a in df.columns]
     tooltip = [alt.Tooltip(f"{a}:O") for a in fields]
     if "token" in df.columns:
@@ -172,6 +165,50 @@ def heatmap(r: PatchResult, value: str = "normalized", head: int | None = None,
         tooltip += [alt.Tooltip("low:Q", title=f"{r.level:.0%} interval low", format=".3f"),
                     alt.Tooltip("high:Q", title=f"{r.level:.0%} interval high", format=".3f"),
                     alt.Tooltip("certain:N", title="effect"), alt.Tooltip("n_pairs:Q", title="pairs")]
+    return tooltip
+
+
+def _intervals(r: PatchResult, df: pd.DataFrame, field: str) -> pd.DataFrame:
+    """A dataset's interval of what the cell shows, and whether it excludes 'no effect'."""
+    d = get_direction(r.direction)
+    lo, hi = ("ci_low", "ci_high") if field == "value" else ("normalized_low", "normalized_high")
+    low, high = df[lo], df[hi]
+    if field == "damage":
+        low, high = 1.0 - df["normalized_high"], 1.0 - df["normalized_low"]
+    nlo, nhi = df["normalized_low"], df["normalized_high"]
+    zero = d.effect(0.0)   # the score of no effect (effect() is its own inverse)
+    return df.assign(low=low, high=high, certain=np.where(
+        ~(np.isfinite(nlo) & np.isfinite(nhi)), "no interval",
+        np.where((nlo <= zero) & (nhi >= zero), "not clear (interval includes no effect)",
+                 "clear effect")))
+
+
+def _selection(fields: list, selected: dict | None):
+    pick = [{k: int(v) for k, v in selected.items() if k in fields}] if selected else None
+    return alt.selection_point(name=SELECT_NAME, fields=fields, on="click", clear="dblclick",
+                               empty=False, value=pick)
+
+
+def heatmap(r: PatchResult, value: str = "normalized", head: int | None = None,
+            position: int | None = None, width: int | None = None, selectable: bool = True,
+            selected: dict | None = None, fit_width: bool = True) -> alt.LayerChart:
+    """The heatmap of a result (see the module docstring); `selected` outlines one cell.
+    fit_width=False: no autosize of its own (a part of a concatenated chart)."""
+    d = get_direction(r.direction)
+    df = chart_frame(r, head, position)
+    x, _ = chart_axes(r, position)
+    if x == "column":
+        df = df.assign(column="all positions")
+    df = df.assign(damage=1.0 - df["normalized"])
+    field = colour_field(r, value)
+    scale, mid, extent = _scale(r, df, field)
+    dataset = "normalized_low" in df.columns
+    if dataset:
+        df = _intervals(r, df, field)
+    df = df.assign(shown=df[field].round(2))
+    x_enc, y_enc = x_encoding(r, x), y_encoding(r.n_layers)
+    fields = [a for a in ("layer", "position") + HEAD_AXES if a in df.columns]
+    tooltip = _tooltip(r, df, field, dataset)
     base = alt.Chart(df)
     color = alt.Color(f"{field}:Q", title=view_title(r, value), scale=scale,
                       legend=alt.Legend(orient="bottom", direction="horizontal", gradientLength=220,
@@ -185,15 +222,13 @@ def heatmap(r: PatchResult, value: str = "normalized", head: int | None = None,
             alt.Tooltip("in_noise:N", title=f"within the noise floor (±{r.noise_floor:.2g})")],
             opacity=alt.condition("datum.in_noise", alt.value(0.35), alt.value(1.0)))
     if selectable:
-        pick = [{k: int(v) for k, v in selected.items() if k in fields}] if selected else None
-        sel = alt.selection_point(name=SELECT_NAME, fields=fields, on="click", clear="dblclick",
-                                  empty=False, value=pick)
+        sel = _selection(fields, selected)
         rect = rect.add_params(sel).encode(
             stroke=alt.condition(sel, alt.value("#111"), alt.value(None)),
             strokeWidth=alt.condition(sel, alt.value(2.5), alt.value(0)))
     layers = [rect]
     if len(df) <= CELL_TEXT_LIMIT:
-        strong = f"abs(datum['{field}'] - {mid}) > {0.6 * (extent or 1.0)}"
+        strong = f"abs(datum['{field}'] - {mid}) > {0.6 * extent}"
         layers.append(base.mark_text(fontSize=9).encode(
             x=x_enc, y=y_enc, text=alt.Text("shown:Q", format=".2f"), tooltip=tooltip,
             color=alt.condition(strong, alt.value("white"), alt.value("black")),
@@ -201,7 +236,79 @@ def heatmap(r: PatchResult, value: str = "normalized", head: int | None = None,
                                   alt.value(0.45), alt.value(1.0)) if dataset else alt.value(1.0)))
     return alt.layer(*layers).properties(
         title=alt.TitleParams(chart_title(r, head, position), subtitle=_subtitle(r), anchor="start"),
-        **size(df, x, width))
+        **({"autosize": FIT_WIDTH} if fit_width else {}), **size(df, x, width))
+
+
+def strongest_head(r: PatchResult) -> int:
+    """The head of the cell with the largest effect (restored or destroyed share): where a
+    layer × position × head result is worth opening, instead of head 0."""
+    axis = next((a for a in HEAD_AXES if a in r.axes), None)
+    if axis is None:
+        return 0
+    e = np.asarray(get_direction(r.direction).effect(r.normalized), dtype=float)
+    if not np.isfinite(e).any():
+        return 0
+    idx = np.unravel_index(int(np.nanargmax(np.where(np.isfinite(e), e, -np.inf))), e.shape)
+    return int(idx[r.axes.index(axis)])
+
+
+def heads_grid(r: PatchResult, value: str = "normalized", selected: dict | None = None,
+               columns: int = 3) -> alt.FacetChart:
+    """Small multiples of a layer × position × head result: one small layer × position heatmap
+    per head, on one colour scale, so the heads that matter stand out at a glance."""
+    df = r.to_frame().assign(damage=lambda f: 1.0 - f["normalized"])
+    field = colour_field(r, value)
+    scale, _, _ = _scale(r, df, field)
+    dataset = "normalized_low" in df.columns
+    if dataset:
+        df = _intervals(r, df, field)
+    axis = next(a for a in HEAD_AXES if a in r.axes)
+    fields = ["layer", "position", axis]
+    sel = _selection(fields, selected)
+    n_pos, n_layers = df["position"].nunique(), df["layer"].nunique()
+    rect = alt.Chart(df).mark_rect().encode(
+        x=x_encoding(r, "position", small=True), y=alt.Y("layer:O", title="layer", axis=alt.Axis(labelFontSize=8)),
+        color=alt.Color(f"{field}:Q", title=view_title(r, value), scale=scale,
+                        legend=alt.Legend(orient="bottom", direction="horizontal", gradientLength=220,
+                                          titleLimit=500)),
+        tooltip=_tooltip(r, df, field, dataset),
+        stroke=alt.condition(sel, alt.value("#111"), alt.value(None)),
+        strokeWidth=alt.condition(sel, alt.value(2), alt.value(0)),
+    ).add_params(sel).properties(width=max(90, min(260, 11 * n_pos)), height=max(90, min(300, 7 * n_layers)))
+    title = chart_title(r).split(" — ")[0] + " — every head"
+    return rect.facet(facet=alt.Facet(f"{axis}:O", title=None,
+                                      header=alt.Header(labelExpr="'head ' + datum.value", labelFontSize=12,
+                                                        labelFontWeight="bold")),
+                      columns=columns).properties(
+        title=alt.TitleParams(title, subtitle=_subtitle(r), anchor="start"))
+
+
+def pattern_chart(probs: np.ndarray, query_tokens: list, key_tokens: list, title: str,
+                  diff_positions=(), size_px: int = 380) -> alt.LayerChart:
+    """One head's attention probabilities: query positions down the side, key positions along
+    the bottom (tokens as labels; positions where the prompts differ in red)."""
+    T = probs.shape[0]
+    q, k = np.indices(probs.shape)
+    df = pd.DataFrame({"query": q.reshape(-1), "key": k.reshape(-1), "p": probs.reshape(-1)})
+    df = df.assign(query_token=[query_tokens[i] for i in df["query"]],
+                   key_token=[key_tokens[i] for i in df["key"]])
+    df = df[df["key"] <= df["query"]]   # causal: nothing after the query
+    labels = json.dumps([str(t).strip() or repr(t) for t in key_tokens])
+    qlabels = json.dumps([str(t).strip() or repr(t) for t in query_tokens])
+    diff = json.dumps(sorted(int(p) for p in diff_positions))
+    red = alt.ExprRef(f"indexof({diff}, datum.value) >= 0 ? '#b2182b' : '#333'")
+    x = alt.X("key:O", title="attends to (key position)", axis=alt.Axis(
+        labelExpr=f"{labels}[datum.value]", labelAngle=-45, labelOverlap=False, labelColor=red))
+    y = alt.Y("query:O", title="from (query position)", axis=alt.Axis(
+        labelExpr=f"{qlabels}[datum.value]", labelOverlap=False, labelColor=red))
+    rect = alt.Chart(df).mark_rect().encode(
+        x=x, y=y, color=alt.Color("p:Q", title="attention", scale=alt.Scale(scheme="blues", domain=[0, 1]),
+                                  legend=alt.Legend(orient="bottom", direction="horizontal")),
+        tooltip=[alt.Tooltip("query:O", title="from position"), alt.Tooltip("query_token:N", title="from token"),
+                 alt.Tooltip("key:O", title="to position"), alt.Tooltip("key_token:N", title="to token"),
+                 alt.Tooltip("p:Q", title="attention", format=".3f")])
+    side = max(160, min(size_px, 24 * T))
+    return alt.layer(rect).properties(title=title, width=side, height=side, autosize=FIT_WIDTH)
 
 
 def chart_png(chart: alt.TopLevelMixin, scale: float = 2.0) -> bytes:
