@@ -4,7 +4,7 @@ import streamlit as st
 import ui
 from patchcore import DEFAULT_PAIR
 
-ui.page("Home", ":material/home:")
+ui.page("Home")
 
 DEMO = dict(sweep="layer_pos", direction="denoise", metric="logit_diff")
 DEMO_SPEC = (ui.EMBEDDED, "auto", "fp32", "", False)
@@ -43,7 +43,5 @@ else:
     st.caption("New here? The Guide page explains, in plain words, how to read the results.")
 
 cols = st.columns(4)
-cols[0].page_link("pages/1_Model.py", label="Model", icon=":material/memory:")
-cols[1].page_link("pages/2_Prompts.py", label="Prompts", icon=":material/edit_note:")
-cols[2].page_link("pages/3_Patching.py", label="Patching", icon=":material/grid_on:")
-cols[3].page_link("pages/9_Guide.py", label="Guide", icon=":material/menu_book:")
+for col, path in zip(cols, ("pages/1_Model.py", "pages/2_Prompts.py", "pages/3_Patching.py", "pages/9_Guide.py")):
+    ui.link(path, where=col)

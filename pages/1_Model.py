@@ -8,7 +8,7 @@ from ui import remote as ui_remote
 from patchcore.access import is_loopback, remote_code_allowed, remote_code_rule
 from patchcore.models import DTYPES, EMBEDDED, SUGGESTED_HUB_MODELS
 
-ui.page("Model", ":material/memory:")
+ui.page("Model")
 ss = st.session_state
 OTHER = "__other__"
 CHOICES = [EMBEDDED] + SUGGESTED_HUB_MODELS + [OTHER]

@@ -5,9 +5,10 @@ import streamlit as st
 import ui
 from ui import remote as ui_remote
 from patchcore import presets
+from patchcore.advice import pair_advice, spacing_advice
 from patchcore.prompts import check_pair, encode, token_texts
 
-ui.page("Prompts", ":material/edit_note:")
+ui.page("Prompts")
 ss = st.session_state
 FIELDS = ("clean", "corrupted", "answer", "wrong")
 CHOICES = {**{k: p.title for k, p in presets.PRESETS.items()},
@@ -32,6 +33,18 @@ def set_pair(pair) -> None:
         ss[f] = ss[f"w_{f}"] = getattr(pair, f)
 
 
+def preset_of_fields() -> str:
+    """What the 'Start from' box must say: its choice while the fields still hold it, else the
+    preset they hold, or 'My own text'. After an edit the box says so, and choosing the preset
+    again fills the fields again."""
+    pair, choice = ui.current_pair(), ss.get("w_preset")
+    if choice == "custom" or (choice == "builder" and (ss.get("_build_now") or ss.get("_built") == pair)):
+        return choice
+    if choice in presets.PRESETS and presets.PRESETS[choice].pair == pair:
+        return choice
+    return next((k for k, p in presets.PRESETS.items() if p.pair == pair), "custom")
+
+
 def builder_names() -> list[str]:
     return presets.single_token_names(tok) if tok is not None else presets.load_ioi_material()["names"]
 
@@ -41,6 +54,7 @@ def build() -> None:
     try:
         set_pair(presets.ioi_pair(ss["w_tpl"], ss["w_io"], ss["w_s"], ss["w_place"], ss["w_obj"],
                                   ss["w_corruption"], pool=builder_names()))
+        ss["_built"] = ui.current_pair()
         ss["_builder_error"] = None
     except ValueError as exc:  # e.g. the same name twice: keep the user's text, say why
         ss["_builder_error"] = str(exc)
@@ -55,10 +69,7 @@ def on_preset() -> None:
         ss["_build_now"] = True  # fill the fields once the builder's widgets exist
 
 
-if "preset" not in ss:  # the pair may come from a link: say which preset it is, if any
-    ss["preset"] = next((k for k, p in presets.PRESETS.items() if p.pair == ui.current_pair()), "custom")
-if "w_preset" not in ss:
-    ss["w_preset"] = ss["preset"]
+ss["preset"] = ss["w_preset"] = preset_of_fields()  # an edit, a fix, a link or Back may have changed the fields
 choice = st.selectbox("Start from", list(CHOICES), format_func=CHOICES.get, key="w_preset",
                       on_change=on_preset,
                       help="Pick a ready-made pair, build an IOI pair, or type your own. "
@@ -106,30 +117,61 @@ prepared, issues = check_pair(tok, pair) if tok is not None else (None, [])
 by_field = {f: [i.message for i in issues if i.field == f] for f in FIELDS}
 
 
+def advice() -> list:
+    """Warnings from the model's own predictions (an answer without its leading space, a clean
+    prompt the model gets wrong), each with its fix; memoised. While another run holds the model
+    (or on NDIF) only the spelling check runs: the page never waits for it."""
+    if prepared is None:
+        return spacing_advice(tok, pair) if tok is not None and not issues else []
+    memo = ss.setdefault("_advice", {})
+    key = (ui.chosen_spec(), pair)
+    if key not in memo:
+        if remote or not model.lock.acquire(blocking=False):
+            return spacing_advice(tok, pair)
+        try:
+            memo[key] = pair_advice(model, prepared)
+        finally:
+            model.lock.release()
+        if len(memo) > 50:
+            memo.pop(next(iter(memo)))
+    return memo[key]
+
+
+advised = advice()
+
+
 def field_errors(f: str) -> None:
     for msg in by_field[f]:
         first, _, rest = msg.partition("\n")
         st.error(ui.md_escape(first), icon=":material/error:")
         if rest.strip():
             st.code(rest, language=None)
+    for a in [a for a in advised if a.field == f]:
+        st.warning(ui.md_escape(a.message), icon=":material/warning:")
+        if a.fix is not None:
+            fixed = getattr(a.fix, f)
+            st.button(f"Use {fixed!r}", key=f"fix_{f}", on_click=set_pair, args=(a.fix,),
+                      icon=":material/auto_fix_high:",
+                      help="Changes only this field; the rest stays as you typed it.")
 
 
-left, right = st.columns(2)
-with left:
-    st.text_area("Clean prompt", height=90, max_chars=ui.MAX_PROMPT_CHARS, **ui.bind("w_clean", "clean"),
-                 help="The prompt where the model gives the behaviour you study.")
-    field_errors("clean")
-    st.text_input("Answer (one token)", max_chars=ui.MAX_TOKEN_CHARS, **ui.bind("w_answer", "answer"),
-                  help="The next token the clean prompt should produce, usually with a leading space, e.g. ' John'.")
-    field_errors("answer")
-with right:
-    st.text_area("Corrupted prompt", height=90, max_chars=ui.MAX_PROMPT_CHARS,
-                 **ui.bind("w_corrupted", "corrupted"),
-                 help="The same prompt with one detail changed; it must have the same number of tokens.")
-    field_errors("corrupted")
-    st.text_input("Wrong answer (one token)", max_chars=ui.MAX_TOKEN_CHARS, **ui.bind("w_wrong", "wrong"),
-                  help="The token the corrupted prompt pushes towards, e.g. ' Mary'.")
-    field_errors("wrong")
+WIDGETS = {  # field: (label, help); prompts are text areas, answers text inputs
+    "clean": ("Clean prompt", "The prompt where the model gives the behaviour you study."),
+    "answer": ("Answer (one token)", "The next token the clean prompt should produce, usually with a "
+                                     "leading space, e.g. ' John'."),
+    "corrupted": ("Corrupted prompt", "The same prompt with one detail changed; it must have the same "
+                                      "number of tokens."),
+    "wrong": ("Wrong answer (one token)", "The token the corrupted prompt pushes towards, e.g. ' Mary'."),
+}
+for column, fields in zip(st.columns(2), (("clean", "answer"), ("corrupted", "wrong"))):
+    with column:
+        for f in fields:
+            label, help_text = WIDGETS[f]
+            if f in ("clean", "corrupted"):
+                st.text_area(label, height=90, max_chars=ui.MAX_PROMPT_CHARS, **ui.bind(f"w_{f}", f), help=help_text)
+            else:
+                st.text_input(label, max_chars=ui.MAX_TOKEN_CHARS, **ui.bind(f"w_{f}", f), help=help_text)
+            field_errors(f)
 
 if tok is None:
     st.stop()
@@ -182,4 +224,4 @@ for col, name, top in ((mc[0], "clean", base.clean_top), (mc[1], "corrupted", ba
                   hide_index=True, width="stretch",
                   column_config={"probability": st.column_config.ProgressColumn(
                       format="%.3f", min_value=0.0, max_value=1.0)})
-st.page_link("pages/3_Patching.py", label="Next: run a patching sweep on this pair", icon=":material/grid_on:")
+ui.link("pages/3_Patching.py", "Next: run a patching sweep on this pair")

@@ -6,7 +6,7 @@ from ui import atp as ui_atp
 from ui import remote as ui_remote
 from patchcore import DIRECTIONS, METRICS, SWEEPS, check_pair
 
-ui.page("Patching", ":material/grid_on:")
+ui.page("Patching")
 ss = st.session_state
 
 st.title("Patching")
@@ -18,13 +18,18 @@ with st.container(border=True):
     st.markdown("**Prompt pair**")
     st.text(f"Clean:      {pair.clean}   → answer {pair.answer!r}\n"
             f"Corrupted:  {pair.corrupted}   → wrong {pair.wrong!r}")
-    st.page_link("pages/2_Prompts.py", label="Change the prompts", icon=":material/edit_note:")
+    ui.link("pages/2_Prompts.py", "Change the prompts")
 
 c1, c2, c3 = st.columns(3)
 sweep = c1.selectbox(
     "What to patch", list(SWEEPS), format_func=lambda s: SWEEPS[s].title, **ui.bind("w_sweep", "sweep", clears=("cell",)),
     help="\n\n".join(f"**{ui.md_escape(s.title)}**: {ui.md_escape(s.help)}" for s in SWEEPS.values()))
-c1.caption(SWEEPS[sweep].help)
+result = ui.result_for("patch")
+# a sweep's caveat is said once: here before a run, by the result viewer once its result shows
+if not SWEEPS[sweep].caveat:
+    c1.caption(SWEEPS[sweep].help)
+elif result is None or result.sweep != sweep:
+    st.info(SWEEPS[sweep].caveat, icon=":material/info:")
 direction = c2.radio(
     "Direction", list(DIRECTIONS), horizontal=True, **ui.bind("w_direction", "direction"),
     format_func={"denoise": "Denoise (clean → corrupted)", "noise": "Noise (corrupted → clean)"}.get,
@@ -35,10 +40,6 @@ metric = c3.selectbox(
     format_func=lambda m: ui.metric_name(m).capitalize(),
     help="\n\n".join(ui.md_escape(t) for t in METRICS.values()))
 c3.caption(METRICS[metric])
-if sweep == "layer":
-    st.info("This sweep patches the whole residual stream at one layer, which restores everything "
-            "after it: expect values near 1 at every layer. “Residual stream, layer × position” is "
-            "the informative default.", icon=":material/info:")
 
 remote = ui_remote.active()  # connected to NDIF on the Model page: every run goes there
 model = remote.model if remote else ui.auto_model()
@@ -57,13 +58,13 @@ else:
     elif remote:
         ui_remote.plan_metrics(remote, prepared, sweep)
     else:
-        with st.spinner("Working out the cost of this sweep…"):  # the first estimate times the model
-            p = ui.plan_line(model, prepared.n_tokens, sweep, prepared.first_diff)
+        p = ui.plan_line(model, prepared.n_tokens, sweep, prepared.first_diff)  # never waits
         m = ui.cost_columns(p)
         m[2].metric("Batches", f"{p['ui_batches']:,}",
                     help="Rows are run in batches; progress and Cancel act between batches.")
-        m[3].metric("Estimated time", "—" if p["seconds"] is None else f"~{p['seconds']:.0f} s",
-                    help="From patchcore's estimate for this model, prompt length and sweep."
+        m[3].metric("Estimated time", ui.seconds_text(p["seconds"]),
+                    help="From patchcore's estimate for this model, prompt length and sweep, corrected "
+                         "by what earlier runs took on this machine."
                     if p["seconds"] is not None else "No estimate available for this set-up.")
 
 busy = ui.job_running("patch")
@@ -95,5 +96,5 @@ if result is not None:
     asked = (sweep, direction, metric, pair)
     if asked != (result.sweep, result.direction, result.metric, result.pair):
         st.caption("The settings above changed since this result was computed; press Run to update it.")
-    ui.show_result(result, "patch")
+    ui.show_result(result, "patch", model=None if remote else model)
     ui_atp.panel(result, model)

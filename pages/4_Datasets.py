@@ -11,7 +11,7 @@ from patchcore.datasets import for_sweep, length_groups
 from patchcore.ioi import CORRUPTIONS, MAX_IOI_PAIRS, ROLE_HELP, TEMPLATE_SETS, generate_ioi
 from patchcore.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PAIRS, parse_upload, rejected_summary
 
-ui.page("Datasets", ":material/dataset:")
+ui.page("Datasets")
 ss = st.session_state
 SLOT = "dataset"
 SOURCES = {"ioi": "Generate IOI pairs", "upload": "Upload a file of pairs (CSV or JSONL)"}
@@ -46,14 +46,14 @@ dataset = None
 try:
     if source == "ioi":
         c = st.columns(4)
-        n = int(c[0].number_input("Number of pairs", 1, MAX_IOI_PAIRS, 20, key="ds_n",
+        n = int(c[0].number_input("Number of pairs", 1, MAX_IOI_PAIRS, **ui.bind("w_ds_n", "pairs"),
                                   help="50 pairs give tight intervals; each pair is one full sweep."))
-        seed = int(c[1].number_input("Seed", 0, 2**31 - 1, 0, key="ds_seed",
+        seed = int(c[1].number_input("Seed", 0, 2**31 - 1, **ui.bind("w_ds_seed", "seed"),
                                      help="The same seed gives the same pairs (and the same intervals)."))
-        corruption = c[2].selectbox("Corruption", list(CORRUPTIONS), key="ds_corruption",
+        corruption = c[2].selectbox("Corruption", list(CORRUPTIONS), **ui.bind("w_ds_corruption", "corruption"),
                                     format_func={"swap": "Name swap", "abc": "ABC (three other names)"}.get)
         templates = c[3].selectbox("Templates", list(TEMPLATE_SETS), format_func=TEMPLATE_NAMES.get,
-                                   key="ds_templates")
+                                   **ui.bind("w_ds_templates", "templates"))
         st.caption(CORRUPTIONS[corruption])
         key = (ui.chosen_spec(), n, seed, corruption, templates)
         if ss.get("_ds_ioi_key") != key:
@@ -88,15 +88,17 @@ except Exception as exc:  # noqa: BLE001 - bad file or settings: a message, neve
 
 c1, c2, c3 = st.columns(3)
 sweep = c1.selectbox("What to patch", list(SWEEPS), format_func=lambda s: SWEEPS[s].title,
-                     index=list(SWEEPS).index("layer_pos"), key="ds_sweep")
+                     **ui.bind("w_ds_sweep", "ds_sweep"))
 directions = c2.radio("Directions", list(uid.DIRECTION_CHOICES), format_func=uid.DIRECTION_CHOICES.get,
-                      key="ds_directions")
-metric = c3.selectbox("Metric", list(METRICS), key="ds_metric",
+                      **ui.bind("w_ds_directions", "directions"))
+metric = c3.selectbox("Metric", list(METRICS), **ui.bind("w_ds_metric", "ds_metric"),
                       format_func=lambda m: ui.metric_name(m).capitalize())
 with st.expander("Statistics"):
     n_boot = int(st.number_input("Bootstrap resamples", 200, 20000, 1000, step=100, key="ds_n_boot",
                                  help="More resamples give steadier interval ends; 1,000 is usual."))
 
+run = ui.result_for(SLOT)
+said = set(run.result.denoise.notes if hasattr(run.result, "denoise") else run.result.notes) if run else set()
 runnable = None
 if dataset is not None:
     if dataset.rejected:
@@ -104,7 +106,8 @@ if dataset is not None:
         st.dataframe(pd.DataFrame([{"line": r.line, "reason": r.reason} for r in dataset.rejected]),
                      hide_index=True, width="stretch", key="ds_rejected")
     for note in dataset.notes:
-        st.info(ui.md_escape(note), icon=":material/info:")
+        if note not in said:  # the result below says it already
+            st.info(ui.md_escape(note), icon=":material/info:")
     if len(dataset):
         length = None
         if dataset.source != "ioi" and SWEEPS[sweep].per_position:
@@ -125,13 +128,13 @@ if dataset is not None:
             m = st.columns(3)
             m[0].metric("Pairs", f"{p['pairs']:,}")
             m[1].metric("Patches", f"{p['patches']:,}", help="Cells × pairs × directions.")
-            try:
-                est = estimate_dataset_seconds(model, runnable, sweep, n_dirs)
+            try:  # never waits: an uncalibrated model is timed in the background, a guess meanwhile
+                est = estimate_dataset_seconds(model, runnable, sweep, n_dirs, wait=False)
             except Exception:  # noqa: BLE001 - an estimate is optional
                 est = None
-            m[2].metric("Estimated time", "—" if est is None else
-                        (f"~{est:.0f} s" if est < 120 else f"~{est / 60:.0f} min"),
-                        help="A rough guess from this model's speed; other work on the machine slows it.")
+            m[2].metric("Estimated time", ui.seconds_text(est),
+                        help="From this model's speed here, corrected by what earlier dataset runs took "
+                             "on this machine; other work on the machine slows it.")
             rows = [{"#": i + 1, "clean": it.pair.clean, "corrupted": it.pair.corrupted,
                      "answer": it.pair.answer, "wrong": it.pair.wrong, "tokens": it.n_tokens}
                     | ({"line": it.line} if it.line is not None else {})
@@ -163,6 +166,6 @@ if run is not None:
         st.success(f"Stored as run {run.run_id}: reopen it any time on the History page.",
                    icon=":material/history:")
     try:
-        uid.show_dataset_result(run.result, SLOT, run.run_id)
+        ui.show_result(run.result, SLOT, cell_key="ds_cell", run_id=run.run_id)
     except Exception as exc:  # noqa: BLE001
         ui.show_error(exc)

@@ -5,13 +5,15 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from ui import datasets as uid
+from ui.state import VIEWS
 from patchcore.compare import compare
 from patchcore.dataset_charts import difference_heatmap
-from patchcore.results import BothResult, DatasetResult
+from patchcore.results import BothResult
 from patchcore.history import History
+from patchcore.summary import metric_words
+from patchcore.sweeps import SWEEPS
 
-ui.page("History", ":material/history:")
+ui.page("History")
 ss = st.session_state
 SLOT = "hist"
 KIND_NAMES = {"single": "one pair", "dataset": "dataset", "both": "dataset, both directions"}
@@ -23,14 +25,22 @@ st.caption("Every run from the dashboard and the command line is kept here (unle
            "someone sent you.")
 
 
+def title_of(info) -> str:
+    """A run's title in words: what was patched, which way, with which metric, on what."""
+    stored = f"{info.sweep} {info.direction} – "   # patchcore.history's own title (not a renamed one)
+    if info.sweep not in SWEEPS or info.kind not in KIND_NAMES or not info.title.startswith(stored):
+        return info.title
+    way = {"denoise": "denoising", "noise": "noising", "both": "both directions"}.get(info.direction)
+    return f"{SWEEPS[info.sweep].title}, {way}, {metric_words(info.metric)} – {info.title[len(stored):]}"
+
+
 def run_label(info) -> str:
-    return f"#{info.id} · {info.created.replace('T', ' ')[:16]} · {info.title}"
+    return f"#{info.id} · {info.created.replace('T', ' ')[:16]} · {title_of(info)}"
 
 
 def open_run(run_id) -> None:
     ss["hist_open"] = run_id
     ss.pop("hist_cell", None)
-    ss.pop(f"ds_cell_{SLOT}", None)
 
 
 # ---------------------------------------------------------------- import
@@ -70,11 +80,17 @@ elif not runs:
     st.info(f"No run matches {ui.md_escape(repr(search))}. Clear the search to see all {total} runs.", icon=":material/search:")
 else:
     st.caption(f"{len(runs)} of {total} runs" + (f" match the search" if search else "") + ", newest first.")
-    table = pd.DataFrame([{"id": r.id, "created (UTC)": r.created.replace("T", " ")[:19], "title": r.title,
+    table = pd.DataFrame([{"id": r.id, "created (UTC)": r.created.replace("T", " ")[:16], "title": title_of(r),
                            "kind": KIND_NAMES.get(r.kind, r.kind), "pairs": r.n_pairs, "model": r.model,
-                           "sweep": r.sweep, "direction": r.direction, "metric": r.metric,
-                           "seconds": round(r.seconds, 1), "from": r.source} for r in runs])
-    st.dataframe(table, hide_index=True, width="stretch", key="hist_table")
+                           "metric": metric_words(r.metric), "seconds": round(r.seconds, 1), "from": r.source}
+                          for r in runs])
+    # columns sized to what they hold: the title (what was run) gets the room
+    st.dataframe(table, hide_index=True, width="stretch", key="hist_table", column_config={
+        "id": st.column_config.NumberColumn(width=50), "created (UTC)": st.column_config.TextColumn(width=130),
+        "title": st.column_config.TextColumn(width="large"), "kind": st.column_config.TextColumn(width=150),
+        "pairs": st.column_config.NumberColumn(width=55), "model": st.column_config.TextColumn(width="medium"),
+        "metric": st.column_config.TextColumn(width=190), "seconds": st.column_config.NumberColumn(width=70),
+        "from": st.column_config.TextColumn(width=90)})
 
 options = [r.id for r in runs]
 by_id = {r.id: r for r in runs}
@@ -111,7 +127,7 @@ except Exception as exc:  # noqa: BLE001
     st.stop()
 
 st.subheader(f"Run {rec.id}")
-st.text(rec.title)
+st.text(title_of(rec))
 # every stored string is shown as text: an imported file's strings are not Markdown (no links or images)
 st.caption(f"created {ui.md_escape(rec.created)} · from {ui.md_escape(rec.source)} · "
            f"{ui.md_escape(KIND_NAMES.get(rec.kind, rec.kind))} · "
@@ -144,10 +160,7 @@ if ss.get("hist_confirm_delete") == rec.id:
 tab_result, tab_compare = st.tabs(["Result", "Compare with another run"])
 with tab_result:
     try:
-        if isinstance(result, (DatasetResult, BothResult)):
-            uid.show_dataset_result(result, SLOT, rec.id)
-        else:
-            ui.show_result(result, SLOT, cell_key="hist_cell")
+        ui.show_result(result, SLOT, cell_key="hist_cell", run_id=rec.id)
     except Exception as exc:  # noqa: BLE001
         ui.show_error(exc)
 
@@ -163,7 +176,7 @@ with tab_compare:
         other = c[0].selectbox("Run B", [None] + others, key="hist_compare",
                                format_func=lambda i: "— choose a run —" if i is None else run_label(by_id[i]))
         value = c[1].segmented_control("Compare", ["normalized", "value"], default="normalized",
-                                       format_func=uid.VIEWS.get, key="hist_compare_value") or "normalized"
+                                       format_func=VIEWS.get, key="hist_compare_value") or "normalized"
         needs_dir = isinstance(result, BothResult) or (other is not None and by_id[other].kind == "both")
         direction = c[2].radio("Direction", ["denoise", "noise"], horizontal=True, key="hist_compare_dir",
                                help="For runs with both directions: which one to compare.") if needs_dir else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from streamlit.proto.WidgetStates_pb2 import WidgetStates
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the dashboard's `ui` package, as the pages import it
+    sys.path.insert(0, str(ROOT))
 TIMEOUT = 600  # seconds per script run: torch import and the first model load are slow on a busy CPU
 PAGES = {"Model": "pages/1_Model.py", "Prompts": "pages/2_Prompts.py",
          "Patching": "pages/3_Patching.py", "Guide": "pages/9_Guide.py"}
@@ -55,11 +58,29 @@ def no_exception(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
 
 
+def run_job(at: AppTest, slot: str):
+    """The session's run in `slot` (ui.jobs keeps runs per browser, on the server), or None."""
+    import ui.jobs
+    return ui.jobs.jobs_of(at.session_state["_browser"]).get(slot) if "_browser" in at.session_state else None
+
+
+def run_result(at: AppTest, slot: str):
+    """What a finished run in `slot` handed to the page (None: none, running, or failed)."""
+    j = run_job(at, slot)
+    return None if j is None or j.running or j.error is not None else j.result
+
+
+def put_run(at: AppTest, slot: str, result=None, error: BaseException | None = None) -> None:
+    """Hand the session a finished run, as if it had just run (the page shows it on its next run)."""
+    import ui.jobs
+    ui.jobs.jobs_of(at.session_state["_browser"])[slot] = ui.jobs.Job(total=1, result=result, error=error)
+
+
 def wait_for_job(at: AppTest, slot: str, timeout: float = TIMEOUT) -> None:
     """Let a background run finish, then rerun the page so it shows the outcome."""
-    job = at.session_state[f"_job_{slot}"] if f"_job_{slot}" in at.session_state else None
+    job_ = run_job(at, slot)
     t0 = time.time()
-    while job is not None and job.running:
+    while job_ is not None and job_.running:
         assert time.time() - t0 < timeout, f"{slot} run still going after {timeout} s"
         time.sleep(0.2)
     at.run()
@@ -121,16 +142,17 @@ def _walk(block):
             yield from _walk(child)
 
 
-def errors_after(at: AppTest, key: str) -> list[str]:
-    """Error boxes placed right under the widget `key`, before the next input widget."""
+def errors_after(at: AppTest, key: str, kind: str = "error") -> list[str]:
+    """Error boxes (or another `kind`: "warning", "button") placed right under the widget `key`,
+    before the next input widget."""
     items = list(_walk(column_of(at, key)))
     i = next(n for n, w in enumerate(items) if getattr(w, "key", None) == key)
     out = []
     for w in items[i + 1:]:
         if getattr(w, "type", "") in ("text_area", "text_input", "selectbox", "radio"):
             break
-        if getattr(w, "type", "") == "error":
-            out.append(plain(w.value))
+        if getattr(w, "type", "") == kind:
+            out.append(plain(w.value) if kind != "button" else w.label)
     return out
 
 

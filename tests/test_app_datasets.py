@@ -69,7 +69,8 @@ def test_datasets_page_runs_ioi_both_directions(data_dir, single_thread):
     strips = [c for c in charts(at) if "every pair (2)" in str(chart_spec(c).get("title", ""))]
     assert len(strips) == 2
     assert "S2 at layer 3" in str(chart_spec(strips[0])["title"])
-    assert any(t.startswith("denoise: S2 at layer 3") for t in texts(at))
+    heads = [m.value.replace("\\", "") for m in at.markdown if m.value.startswith("**Selected cell")]
+    assert heads == ["**Selected cell: S2 at layer 3**"] * 2  # one detail box per direction
 
 
 def _seed_history(path):

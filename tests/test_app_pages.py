@@ -1,7 +1,7 @@
 """AppTest: every page renders with its defaults; the Model page loads and reports models."""
 import pytest
 
-from app_helpers import PAGES, errors, no_exception, open_app, served_on
+from app_helpers import PAGES, ROOT, errors, no_exception, open_app, put_run, run_job, served_on
 from patchcore import DEFAULT_PAIR, check_pair, plan, run_baseline
 
 pytestmark = pytest.mark.embedded
@@ -113,6 +113,29 @@ def test_model_page_refuses_local_paths_when_served_to_a_network(served_to_netwo
     assert at.session_state["model"] == "embedded"
 
 
+def test_model_page_an_invalid_id_is_called_invalid_not_unreachable():
+    """Issue 16, point 14: 'not a valid id!!' got the 'hub unreachable' message."""
+    at = open_app("Model")
+    at.radio(key="w_model_choice").set_value("__other__").run()
+    at.text_input(key="w_model_other").input("not a valid id!!").run()
+    at.button[0].click().run()
+    no_exception(at)
+    (msg,) = errors(at)
+    assert "'not a valid id!!' is not a valid model id" in msg and "openai-community/gpt2" in msg
+    assert "reach" not in msg
+    assert at.session_state["model"] == "embedded"
+
+
+def test_the_first_page_is_called_home():
+    """Issue 16, point 8: Streamlit named the entry page after its file ('dashboard')."""
+    at = open_app("Guide")
+    labels = [link.proto.label for link in at.sidebar.get("page_link")]
+    assert labels[0] == "Home" and "dashboard" not in " ".join(labels).lower()
+    import tomllib
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert cfg["client"]["showSidebarNavigation"] is False          # Streamlit's own list is off
+
+
 def test_model_page_unknown_hub_model_gives_a_clear_message():
     """No hub access here (and a name that exists nowhere): one readable line, no traceback."""
     at = open_app("Model")
@@ -177,7 +200,7 @@ def test_a_crafted_session_cannot_turn_on_remote_code(served_to_network, custom_
     no_exception(at)
     (msg,) = errors(at)
     assert "does not run code from" in msg and "PATCHCORE_TRUST_REMOTE_CODE" in msg
-    assert "_job_patch" not in at.session_state and not marker.exists()
+    assert run_job(at, "patch") is None and not marker.exists()
     # and past the page: the engine itself refuses, whatever the cache is asked
     from patchcore import ModelLoadError
     from ui.model import _cached_model
@@ -200,7 +223,7 @@ def test_a_bug_shows_an_error_id_and_logs_the_traceback_under_it(tmp_path):
     try:
         at = open_app()
         secret = f"{tmp_path}/server-side/path.py"
-        at.session_state["_error_patch"] = RuntimeError(f"boom in {secret}")
+        put_run(at, "patch", error=RuntimeError(f"boom in {secret}"))
         at.switch_page("pages/3_Patching.py").run()
     finally:
         log.removeHandler(handler)

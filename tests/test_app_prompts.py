@@ -106,3 +106,47 @@ def test_ioi_builder_offers_only_single_token_names(prompts_page, tokenizer):
     assert at.text_area(key="w_clean").value == pair[0]
     at.selectbox(key="w_preset").select("ioi").run()
     assert at.text_area(key="w_clean").value == DEFAULT_PAIR.clean
+
+
+CAPITAL = PRESETS["capital"].pair
+
+
+def test_an_answer_without_its_leading_space_is_flagged_with_a_one_click_fix():
+    """Issue 16, point 2: 'Paris' is one token, so the pair is valid, but the model says ' Paris'."""
+    at = open_app("Prompts")
+    mine = "The capital of France is the lovely city of"          # the user's own text, kept
+    typed = PromptPair(mine, mine.replace("France", "Italy"), "Paris", CAPITAL.wrong)
+    at = type_pair(at, typed)
+    no_exception(at)
+    assert errors(at) == []
+    (warning,) = errors_after(at, "w_answer", "warning")
+    assert "' Paris'" in warning and "leading space" in warning
+    assert errors_after(at, "w_answer", "button") == ["Use ' Paris'"]
+    at.button(key="fix_answer").click().run()
+    no_exception(at)
+    assert at.text_input(key="w_answer").value == " Paris" and at.session_state["answer"] == " Paris"
+    assert (at.text_area(key="w_clean").value, at.text_area(key="w_corrupted").value,
+            at.text_input(key="w_wrong").value) == (typed.clean, typed.corrupted, typed.wrong)
+    assert errors_after(at, "w_answer", "warning") == []
+
+
+def test_a_clean_prompt_the_model_gets_wrong_is_flagged_under_it():
+    at = type_pair(open_app("Prompts"), PromptPair(CAPITAL.clean, CAPITAL.corrupted, CAPITAL.wrong, CAPITAL.answer))
+    no_exception(at)
+    (warning,) = errors_after(at, "w_clean", "warning")
+    assert "the model prefers ' Paris' to ' Rome'" in warning and "no clean behaviour to restore" in warning
+
+
+def test_the_preset_box_follows_edits_and_a_preset_can_be_chosen_again():
+    """Issue 16, point 7."""
+    at = open_app("Prompts")
+    at.selectbox(key="w_preset").select("capital").run()
+    assert at.text_area(key="w_clean").value == CAPITAL.clean
+    at.text_area(key="w_clean").input("The capital of Spain is the city of").run()
+    no_exception(at)
+    assert at.selectbox(key="w_preset").value == "custom"          # no longer the preset
+    at.selectbox(key="w_preset").select("capital").run()            # choosing it again fills the fields
+    assert at.text_area(key="w_clean").value == CAPITAL.clean
+    assert at.selectbox(key="w_preset").value == "capital"
+    at.selectbox(key="w_preset").select("custom").run()             # 'My own text' keeps the text and says so
+    assert at.selectbox(key="w_preset").value == "custom" and at.text_area(key="w_clean").value == CAPITAL.clean

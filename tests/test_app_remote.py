@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from app_helpers import (chart_data, charts, errors, isolated_history, no_exception,  # noqa: F401
-                         open_app, plain, wait_for_job)
+                         open_app, plain, run_job, run_result, wait_for_job)
 from patchcore import ModelSpec, PromptPair, load_model, run_sweep
 from patchcore.history import History
 from patchcore.backends.ndif import NDIF_KEY_URL, ndif_host
@@ -166,7 +166,7 @@ def test_simulated_ndif_sweep_equals_the_local_run(simulated, tiny_folder, singl
     no_exception(at)
     assert errors(at) == []
 
-    result = at.session_state["_result_patch"]
+    result = run_result(at, "patch")
     # the simulated dry run is an nnsight run that never left this machine: backend "nnsight"
     # (a run on the real NDIF says "remote"); the device says where it went
     assert result.backend == "nnsight" and result.device.startswith("NDIF (simulated")
@@ -272,7 +272,7 @@ def test_ndif_job_state_in_the_progress_and_cancel(real_ndif, hub_cache, fake_nd
     to_page(at, "pages/3_Patching.py")
     assert {m.label: m.value for m in at.metric}["Runs on"] == "NDIF"
     at.button(key="run_patch").click().run()
-    job = at.session_state["_job_patch"]
+    job = run_job(at, "patch")
     wait_until(lambda: "RUNNING" in job.status)
     at.run()
     (bar,) = at.get("progress")
@@ -342,7 +342,7 @@ def test_the_key_never_leaves_the_session(real_ndif, hub_cache, fake_ndif, tiny_
     wait_for_job(at, "patch")
     no_exception(at)
     assert errors(at) == []
-    result = at.session_state["_result_patch"]
+    result = run_result(at, "patch")
     seen += [all_text(at), json.dumps(dict(at.query_params)), json.dumps(result.to_json())]
     history = History(isolated_history)
     for info in history.list():

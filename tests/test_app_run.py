@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from app_helpers import (chart_data, chart_spec, charts, click_chart, errors, isolated_history,  # noqa: F401
-                         no_exception, open_app, plain, texts, wait_for_job)
+                         no_exception, open_app, plain, put_run, run_job, run_result, texts, wait_for_job)
 from patchcore import DEFAULT_PAIR, PromptPair, run_sweep
 from patchcore.attribution import agreement
 from patchcore.history import History
@@ -31,7 +31,7 @@ def test_run_demo_chart_equals_the_engine_and_cells_explain_themselves(embedded)
     no_exception(at)
     assert errors(at) == []
 
-    result = at.session_state["_result_demo"]  # what patchcore's run_sweep returned to the page
+    result = run_result(at, "demo")  # what patchcore's run_sweep returned to the page
     assert (result.sweep, result.direction, result.metric, result.pair) == \
         ("layer_pos", "denoise", "logit_diff", DEFAULT_PAIR)
     assert result.model == EMBEDDED_LABEL and result.method == "exact"
@@ -64,7 +64,8 @@ def test_run_demo_chart_equals_the_engine_and_cells_explain_themselves(embedded)
     click_chart(at, chart, {"layer": layer, "position": pos})
     no_exception(at)
     rows = detail_rows(at)
-    assert rows["layer"] == str(layer) and rows["position"] == str(pos) and rows["token"] == "␣Mary"
+    # where the prompts differ, both prompts' tokens (clean / corrupted)
+    assert rows["layer"] == str(layer) and rows["position"] == str(pos) and rows["token"] == "␣Mary / ␣John"
     assert float(rows["raw logit difference"]) == pytest.approx(result.values[layer, pos], abs=1e-4)
     assert float(rows["normalised score"]) == pytest.approx(result.normalized[layer, pos], abs=1e-3)
     assert meaning(result, float(result.normalized[layer, pos])) in texts(at)
@@ -78,7 +79,7 @@ def test_cancel_stops_the_run_and_leaves_the_model_usable():
     for attempt in range(2):  # cancel twice: the first run must have released the model
         at.button(key="run_patch").click().run()
         no_exception(at)
-        job = at.session_state["_job_patch"]
+        job = run_job(at, "patch")
         assert job.running and at.get("progress")
         at.button(key="cancel_patch").click().run()
         assert job.cancel.is_set()
@@ -86,7 +87,7 @@ def test_cancel_stops_the_run_and_leaves_the_model_usable():
         no_exception(at)
         assert any("cancelled" in i.value for i in at.info)
         assert job.done < job.total  # stopped early
-        assert charts(at) == [] and "_result_patch" not in at.session_state
+        assert charts(at) == [] and run_result(at, "patch") is None
         assert not at.button(key="run_patch").disabled
 
 
@@ -101,7 +102,7 @@ def test_patching_page_run_shows_the_result_and_records_it(isolated_history):
     wait_for_job(at, "patch")
     no_exception(at)
     assert errors(at) == []
-    result = at.session_state["_result_patch"]
+    result = run_result(at, "patch")
     assert (result.sweep, result.direction, result.pair) == ("layer", "noise", pair)
     data = chart_data(charts(at)[0]).sort_values("layer")
     np.testing.assert_allclose(data["value"], result.values, rtol=1e-6)
@@ -121,7 +122,7 @@ def test_fast_preview_shows_an_attribution_estimate(isolated_history, embedded):
     no_exception(at)
     wait_for_job(at, "patch")
     no_exception(at)
-    result = at.session_state["_result_patch"]
+    result = run_result(at, "patch")
     assert result.method == "atp" and result.sweep == "attn_pos"
     assert any("Fast preview" in i.value for i in at.info)  # said to be an estimate
     data = chart_data(charts(at)[0]).sort_values(["layer", "position"])
@@ -132,7 +133,7 @@ def test_fast_preview_shows_an_attribution_estimate(isolated_history, embedded):
     at.button(key="atp_check_top").click().run()
     wait_for_job(at, "atp_check")
     no_exception(at)
-    table = at.session_state["_result_atp_check"][1]
+    table = run_result(at, "atp_check")[1]
     exact = run_sweep(embedded, pair, "attn_pos", "denoise")
     assert len(table) == 10
     np.testing.assert_allclose(table["exact"], exact.values[table["layer"], table["position"]], atol=1e-4)
@@ -143,7 +144,7 @@ def test_fast_preview_shows_an_attribution_estimate(isolated_history, embedded):
     at.button(key="run_patch").click().run()
     wait_for_job(at, "patch")
     no_exception(at)
-    rep = agreement(result, at.session_state["_result_patch"], k=10)
+    rep = agreement(result, run_result(at, "patch"), k=10)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Spearman ρ"] == f"{rep['spearman']:.2f}"
     assert metrics["Top-10 overlap"] == f"{rep['top_k_overlap']:.0%}"
@@ -164,7 +165,7 @@ def tiny_results(tiny):
 
 def show(result, **params):
     at = open_app(**params)
-    at.session_state["_result_patch"] = result
+    put_run(at, "patch", result)
     at.switch_page("pages/3_Patching.py").run()
     no_exception(at)
     return at
@@ -208,13 +209,26 @@ def test_a_cell_outside_the_result_is_explained_not_crashed(tiny_results):
     assert any("is not part of this result" in i.value for i in at.info)
 
 
-def test_layer_sweep_caveat_and_result_warnings_are_visible(tiny_results):
+def said(at, words: str) -> int:
+    """How many elements of the page say `words` (text, Markdown, notices, captions)."""
+    return sum(words in str(getattr(e, "value", "")).replace("\\", "")
+               for kind in ("text", "markdown", "info", "warning", "caption", "error") for e in at.get(kind))
+
+
+def test_layer_sweep_caveat_and_result_warnings_are_said_once(tiny_results):
+    """Issue 16, point 13: the whole-layer caveat was shown four times, a warning twice."""
     r = tiny_results["layer"]
-    r.warnings.append("The clean and corrupted runs are very close, so normalised scores are unstable.")
-    at = show(r, sweep="layer")
-    assert any("restores everything after it" in i.value for i in at.info)
-    assert any("normalised scores are unstable" in w.value.replace("\\", "") for w in at.warning)
-    assert any("Caveat: patching the whole residual stream" in t for t in texts(at))
+    warning = "The clean and corrupted runs are very close, so normalised scores are unstable."
+    r.warnings.append(warning)
+    try:
+        at = show(r, sweep="layer")
+        assert said(at, "restores everything after it") == 1
+        assert any("restores everything after it" in i.value for i in at.info)
+        assert said(at, "normalised scores are unstable") == 1
+        before = open_app("Patching", sweep="layer")   # before any run: said once too
+        assert said(before, "restores everything after it") == 1
+    finally:
+        r.warnings.remove(warning)
 
 
 def test_tokens_with_markup_are_shown_as_text(tiny_results):

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from app_helpers import charts, click_chart, isolated_history, no_exception, open_app, plain  # noqa: F401
+from app_helpers import charts, click_chart, isolated_history, no_exception, open_app, plain, put_run  # noqa: F401
 from patchcore import DEFAULT_PAIR, run_sweep
 from patchcore.dataset_run import run_dataset
 from patchcore.results import result_from_json
@@ -91,7 +91,7 @@ def test_patching_and_home_show_a_results_strings_as_text(runs):
     result = result_from_json(runs["single"])
     for page, slot in (("pages/3_Patching.py", "patch"), ("dashboard.py", "demo")):
         at = open_app()
-        at.session_state[f"_result_{slot}"] = result
+        put_run(at, slot, result)
         at.switch_page(page).run()
         no_exception(at)
         shown = assert_all_text(at)

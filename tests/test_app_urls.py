@@ -1,7 +1,10 @@
-"""AppTest: the experiment lives in the URL – round trips, fresh sessions, hostile parameters."""
+"""AppTest: the experiment lives in the URL – round trips, fresh sessions, hostile parameters,
+links that carry only their page's settings."""
+from urllib.parse import parse_qs
+
 import pytest
 
-from app_helpers import ROOT, errors, no_exception, open_app, plain, served_on
+from app_helpers import ROOT, errors, no_exception, open_app, plain, run_job, served_on
 from patchcore.presets import PRESETS
 
 pytestmark = pytest.mark.embedded
@@ -104,7 +107,7 @@ def test_a_hub_model_in_a_link_is_not_loaded_until_run():
     no_exception(at)
     (msg,) = errors(at)
     assert "'patchcore-tests/no-such-model-xyz'" in msg
-    assert "_job_patch" not in at.session_state
+    assert run_job(at, "patch") is None
 
 
 @pytest.fixture
@@ -138,7 +141,7 @@ def test_a_link_model_is_checked_again_when_it_loads(served_locally, tmp_path, m
     no_exception(at)
     (msg,) = errors(at)
     assert "The link names the model 'later-folder'" in msg and "not a file path" in msg
-    assert "_job_patch" not in at.session_state and "_loaded_spec" not in at.session_state
+    assert run_job(at, "patch") is None and "_loaded_spec" not in at.session_state
     # typed on the Model page instead, the same folder is the local user's to load
     at.switch_page("pages/1_Model.py").run()
     at.radio(key="w_model_choice").set_value("__other__").run()
@@ -146,3 +149,47 @@ def test_a_link_model_is_checked_again_when_it_loads(served_locally, tmp_path, m
     at.button[0].click().run()
     no_exception(at)
     assert errors(at) == [] and at.session_state["model"] == "later-folder"
+
+
+# ---------------------------------------------------------------- issue 16, points 8 and 9
+
+def sidebar_links(at) -> dict:
+    """The sidebar's page list: {label: (page, settings the link carries)}."""
+    return {link.proto.label: (link.proto.page, {k: v[0] for k, v in parse_qs(link.proto.query_string).items()})
+            for link in at.sidebar.get("page_link")}
+
+
+def test_links_carry_only_the_settings_of_the_page_they_open():
+    at = open_app("Patching", **EXPERIMENT)
+    links = sidebar_links(at)
+    assert list(links)[:7] == ["Home", "Model", "Prompts", "Patching", "Datasets", "History", "Guide"]
+    assert links["Patching"][1] == EXPERIMENT                        # the whole experiment
+    assert links["Prompts"][1] == {k: EXPERIMENT[k] for k in ("clean", "corrupted", "answer", "wrong", "metric")}
+    for page in ("Home", "Model", "Datasets", "History", "Guide"):
+        assert links[page][1] == {}, page                            # nothing of the Patching page
+    at.switch_page("pages/4_Datasets.py").run()
+    assert dict(at.query_params) == {}                               # the Datasets page's own URL
+    at.switch_page("pages/3_Patching.py").run()
+    assert dict(at.query_params) == EXPERIMENT                       # and the session kept it all
+
+
+def test_dataset_settings_are_in_the_link():
+    at = open_app()
+    at.switch_page("pages/4_Datasets.py").run()
+    no_exception(at)
+    at.number_input(key="w_ds_n").set_value(7).run()
+    at.number_input(key="w_ds_seed").set_value(3).run()
+    at.selectbox(key="w_ds_corruption").select("abc").run()
+    at.radio(key="w_ds_directions").set_value("noise").run()
+    link = dict(at.query_params)
+    assert link == {"pairs": "7", "seed": "3", "corruption": "abc", "directions": "noise"}
+    assert sidebar_links(at)["Datasets"][1] == link and sidebar_links(at)["Patching"][1] == {}
+    fresh = open_app(**link)                                         # another browser opens the link
+    fresh.switch_page("pages/4_Datasets.py").run()
+    no_exception(fresh)
+    assert (fresh.number_input(key="w_ds_n").value, fresh.number_input(key="w_ds_seed").value,
+            fresh.selectbox(key="w_ds_corruption").value, fresh.radio(key="w_ds_directions").value) == \
+        (7, 3, "abc", "noise")
+    assert {m.label: m.value for m in fresh.metric}["Pairs"] == "7"
+    bad = open_app(pairs="0", seed="-1", corruption="x")
+    assert "'pairs'" in " ".join(w.value for w in bad.warning).replace("\\", "")

@@ -13,17 +13,18 @@ page can `import ui`.
 The names below are what pages use most, importable as `ui.<name>`.
 """
 from patchcore.models import EMBEDDED
-from ui.jobs import (Job, _collect, cost_columns, job_panel, job_running, plan_line, result_for,
-                     start_job, start_preview, start_sweep)
+from ui.jobs import (Job, clear, cost_columns, job_of, job_panel, job_running, plan_line, result_for,
+                     seconds_text, start_job, start_preview, start_sweep)
 from ui.model import auto_model, baseline, chosen_spec, get_model, is_loaded, model_label
-from ui.page import page
+from ui.page import link, page
 from ui.results import show_result
 from ui.state import (DEVICES, MAX_PROMPT_CHARS, MAX_TOKEN_CHARS, bind, current_pair, server_address,
                       sync_url)
 from ui.text import md_escape, metric_name, show_error, show_token
 
-__all__ = ["EMBEDDED", "Job", "_collect", "cost_columns", "job_panel", "job_running", "plan_line",
-           "result_for", "start_job", "start_preview", "start_sweep", "auto_model", "baseline",
-           "chosen_spec", "get_model", "is_loaded", "model_label", "page", "show_result", "DEVICES",
+__all__ = ["EMBEDDED", "Job", "clear", "cost_columns", "job_of", "job_panel", "job_running", "plan_line",
+           "result_for", "seconds_text", "start_job", "start_preview", "start_sweep", "auto_model",
+           "baseline", "chosen_spec", "get_model", "is_loaded", "model_label", "link", "page",
+           "show_result", "DEVICES",
            "MAX_PROMPT_CHARS", "MAX_TOKEN_CHARS", "bind", "current_pair", "server_address",
            "sync_url", "md_escape", "metric_name", "show_error", "show_token"]

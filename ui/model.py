@@ -7,7 +7,7 @@ import streamlit as st
 from patchcore import ModelSpec, load_model, run_baseline
 from patchcore.access import check_link_model, check_load
 from patchcore.models import EMBEDDED, EMBEDDED_LABEL
-from ui.state import server_address
+from ui.state import server_address, url_params
 from ui.text import md_escape, show_error
 
 
@@ -74,7 +74,8 @@ def sidebar() -> None:
     with st.sidebar:
         st.session_state["_model_box"] = st.empty()  # redrawn by get_model() when a model loads
         _model_box()
-        st.page_link("pages/1_Model.py", label="Change model", icon=":material/memory:")
+        st.page_link("pages/1_Model.py", label="Change model", icon=":material/memory:",
+                     query_params=url_params("Model") or None)
         st.divider()
         st.caption("The address bar holds this experiment: copy it to share or reproduce it.")
 

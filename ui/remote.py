@@ -317,14 +317,16 @@ def start_sweep(slot: str, remote: Remote, pair, sweep: str, direction: str, met
         result.device = remote.result_device()
         notes.append(f"{'Simulated NDIF' if remote.simulated else 'NDIF'}, {backend.requests} requests: " +
                      "; ".join(f"{where} {' → '.join(states)}" for where, states in seen.states.items()) + ".")
-        if save:
-            notes.append(ui.jobs.save_result(result, {**remote.settings(), "pair": pair.to_dict(),
-                                               "sweep": sweep, "direction": direction,
-                                               "metric": metric})[1])
         return result
 
-    job = ui.start_job(slot, total, work)
-    job.notes = notes
+    def done(result, job_notes):
+        job_notes.extend(notes)
+        if save:
+            job_notes.append(ui.jobs.save_result(result, {**remote.settings(), "pair": pair.to_dict(),
+                                                   "sweep": sweep, "direction": direction,
+                                                   "metric": metric})[1])
+
+    job = ui.start_job(slot, total, work, on_done=done)
     attach(job)
     return job
 
@@ -338,14 +340,13 @@ def baseline_panel(remote: Remote, prepared, metric: str):
     ss = st.session_state
     want = (remote.ident, prepared.pair, metric)
     memo = ss.setdefault("_ndif_baselines", {})
-    ui._collect(BASELINE_SLOT)  # a finished run's outcome, as job_panel would take it
-    done = ui.result_for(BASELINE_SLOT)
+    done = ui.result_for(BASELINE_SLOT)  # a finished run's outcome, taken once
     if done is not None:
         key, base = done
         if len(memo) > 20:
             memo.clear()
         memo[key] = base
-        ss.pop(f"_result_{BASELINE_SLOT}", None)
+        ui.clear(BASELINE_SLOT)
     if want in memo:
         return memo[want]
     if st.button("Run the baseline on NDIF", type="primary", icon=":material/cloud_upload:",

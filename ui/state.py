@@ -1,5 +1,10 @@
 """The session state and the address bar: the experiment's settings (defaults, overridden by a
-link's valid query parameters), kept in step with widgets and written back into the URL."""
+link's valid query parameters), kept in step with widgets and written back into the URL.
+
+Each page's URL holds only the settings that page uses (PAGE_KEYS): a link to Datasets does
+not carry the Patching page's sweep. The URL is written once per script run (one browser
+history entry per change), and Back/Forward put the settings of that entry back.
+"""
 from __future__ import annotations
 
 import re
@@ -8,7 +13,10 @@ import streamlit as st
 from streamlit import config as st_config
 
 from patchcore import DEFAULT_PAIR, DIRECTIONS, METRICS, SWEEPS, PromptPair
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+
 from patchcore.access import link_model_problem
+from patchcore.ioi import CORRUPTIONS, MAX_IOI_PAIRS, TEMPLATE_SETS
 from patchcore.models import DTYPES, EMBEDDED
 
 
@@ -30,10 +38,35 @@ DEFAULTS = {
     "answer": DEFAULT_PAIR.answer, "wrong": DEFAULT_PAIR.wrong,
     "sweep": "layer_pos", "direction": "denoise", "metric": "logit_diff",
     "cell": "", "view": "normalized",
+    # the Datasets page: generated IOI pairs and the sweep over them
+    "pairs": 20, "seed": 0, "corruption": "swap", "templates": "mixed",
+    "ds_sweep": "layer_pos", "directions": "both", "ds_metric": "logit_diff",
 }
 
 
+DIRECTION_SETS = ("both", "denoise", "noise")
+
+
 URL_NAMES = {"view": {"normalized": "normalized", "value": "raw"}}
+
+
+MODEL_KEYS = ("model", "device", "dtype", "revision")
+PAIR_KEYS = ("clean", "corrupted", "answer", "wrong")
+EXPERIMENT_KEYS = MODEL_KEYS + PAIR_KEYS + ("sweep", "direction", "metric", "cell", "view")
+DATASET_KEYS = ("pairs", "seed", "corruption", "templates", "ds_sweep", "directions", "ds_metric")
+# what each page's URL holds (by the title its ui.page() call gives); pages not listed (new ones)
+# hold the whole single-pair experiment
+PAGE_KEYS = {
+    "Home": (), "Guide": (), "History": (),
+    "Model": MODEL_KEYS,
+    "Prompts": MODEL_KEYS + PAIR_KEYS + ("metric",),
+    "Patching": EXPERIMENT_KEYS,
+    "Datasets": MODEL_KEYS + DATASET_KEYS,
+}
+
+
+def page_keys(title: str) -> tuple[str, ...]:
+    return PAGE_KEYS.get(title, EXPERIMENT_KEYS)
 
 
 _REVISION = re.compile(r"^[A-Za-z0-9._/-]{1,100}$")
@@ -55,62 +88,86 @@ def _valid(key: str, raw: str) -> tuple[object, str | None]:
     if key == "model":  # the embedded model or a hub id; never a path, nor a folder here like 'docs'
         problem = link_model_problem(raw)
         return (d, problem) if problem else (raw, None)
-    if key == "device":
-        return (raw, None) if raw in DEVICES else (d, f"choose one of {', '.join(DEVICES)}")
-    if key == "dtype":
-        return (raw, None) if raw in DTYPES else (d, f"choose one of {', '.join(DTYPES)}")
     if key == "revision":
         return (raw, None) if _REVISION.match(raw) else (d, "not a branch, tag or commit name")
     if key in ("clean", "corrupted"):
         return (raw, None) if len(raw) <= MAX_PROMPT_CHARS else (d, f"longer than {MAX_PROMPT_CHARS} characters")
     if key in ("answer", "wrong"):
         return (raw, None) if len(raw) <= MAX_TOKEN_CHARS else (d, f"longer than {MAX_TOKEN_CHARS} characters")
-    if key == "sweep":
-        return (raw, None) if raw in SWEEPS else (d, f"choose one of {', '.join(SWEEPS)}")
-    if key == "direction":
-        return (raw, None) if raw in DIRECTIONS else (d, f"choose one of {', '.join(DIRECTIONS)}")
-    if key == "metric":
-        return (raw, None) if raw in METRICS else (d, f"choose one of {', '.join(METRICS)}")
     if key == "cell":
         return (raw, None) if _CELL.match(raw) else (d, "expected numbers like '12,5'")
     if key == "view":
         back = {v: k for k, v in URL_NAMES["view"].items()}
         return (back[raw], None) if raw in back else (d, "choose 'normalized' or 'raw'")
+    if key in ("pairs", "seed"):
+        top = MAX_IOI_PAIRS if key == "pairs" else 2**31 - 1
+        ok = raw.isdigit() and len(raw) <= 10 and (key == "seed" or int(raw) >= 1) and int(raw) <= top
+        return (int(raw), None) if ok else (d, f"a whole number from {1 if key == 'pairs' else 0} to {top}")
+    choices = {"device": DEVICES, "dtype": list(DTYPES), "sweep": list(SWEEPS), "direction": list(DIRECTIONS),
+               "metric": list(METRICS), "corruption": list(CORRUPTIONS), "templates": list(TEMPLATE_SETS),
+               "ds_sweep": list(SWEEPS), "directions": list(DIRECTION_SETS), "ds_metric": list(METRICS)}.get(key)
+    if choices is not None:
+        return (raw, None) if raw in choices else (d, f"choose one of {', '.join(choices)}")
     return d, "unknown setting"  # pragma: no cover
 
 
-def _init_state() -> None:
-    """Once per browser session: defaults, overridden by valid query parameters."""
+def _from_url(keys, absent_is_default: bool) -> list[str]:
+    """Set `keys` from the URL's valid values; returns notices for the invalid ones."""
+    ss, notices = st.session_state, []
+    for key in keys:
+        if key not in st.query_params:
+            if absent_is_default:
+                ss[key] = DEFAULTS[key]
+            continue
+        raw = st.query_params.get(key, "")
+        value, reason = _valid(key, raw)
+        ss[key] = value
+        if key == "model" and not reason:
+            ss["_model_from_link"] = True  # checked again when it loads (get_model)
+        if reason:
+            shown = raw if len(raw) <= 60 else raw[:57] + "..."
+            notices.append(f"'{key}' = {shown!r} was ignored ({reason}); using the default.")
+    return notices
+
+
+def _init_state(title: str = "") -> None:
+    """Once per browser session: defaults, overridden by valid query parameters. On later runs,
+    a Back/Forward press puts back the settings of the history entry it lands on."""
     ss = st.session_state
-    if ss.get("_init"):
+    if not ss.get("_init"):
+        for key, default in DEFAULTS.items():
+            ss.setdefault(key, default)
+        ss["_notices"] = _from_url(DEFAULTS, absent_is_default=False)
+        ss["_init"] = True
         return
-    notices = []
-    for key, default in DEFAULTS.items():
-        ss.setdefault(key, default)
-        if key in st.query_params:
-            raw = st.query_params.get(key, "")
-            value, reason = _valid(key, raw)
-            ss[key] = value
-            if key == "model" and not reason:
-                ss["_model_from_link"] = True  # checked again when it loads (get_model)
-            if reason:
-                shown = raw if len(raw) <= 60 else raw[:57] + "..."
-                notices.append(f"'{key}' = {shown!r} was ignored ({reason}); using the default.")
-    ss["_notices"] = notices
-    ss["_init"] = True
+    ctx = get_script_run_ctx()
+    if ctx is not None and getattr(ctx, "is_history_navigation", False):
+        before = {k: ss.get(k) for k in DEFAULTS}
+        ss["_notices"] = _from_url(page_keys(title), absent_is_default=True)
+        for key in DEFAULTS:  # widgets start again from the restored settings
+            if ss.get(key) != before[key]:
+                for widget in [w for w in list(ss) if str(w).startswith("w_") and ss.get("_bound_" + str(w)) == key]:
+                    del ss[widget]
 
 
-def sync_url() -> None:
-    """Write the experiment into the URL (non-default values only); other parameters are left alone."""
+def url_params(title: str) -> dict[str, str]:
+    """The settings a page's URL holds: its keys' non-default values, as URL text."""
+    out = {}
+    for key in page_keys(title):
+        value = st.session_state.get(key, DEFAULTS[key])
+        if value != DEFAULTS[key]:
+            out[key] = URL_NAMES.get(key, {}).get(value, str(value))
+    return out
+
+
+def sync_url(title: str = "") -> None:
+    """Write the page's settings into the URL in one step (one history entry): non-default values
+    of its keys; other settings leave the URL; parameters that are not settings are left alone."""
     qp = st.query_params
-    for key, default in DEFAULTS.items():
-        value = st.session_state.get(key, default)
-        if value != default:
-            text = URL_NAMES.get(key, {}).get(value, str(value))
-            if qp.get(key) != text:
-                qp[key] = text
-        elif key in qp:
-            del qp[key]
+    current = qp.to_dict()
+    wanted = {k: v for k, v in current.items() if k not in DEFAULTS} | url_params(title or st.session_state.get("_page", ""))
+    if wanted != current:
+        qp.from_dict(wanted)
 
 
 def current_pair() -> PromptPair:
@@ -118,17 +175,21 @@ def current_pair() -> PromptPair:
     return PromptPair(s["clean"], s["corrupted"], s["answer"], s["wrong"])
 
 
-def bind(widget_key: str, state_key: str, clears: tuple[str, ...] = ()) -> dict:
+def bind(widget_key: str, state_key: str, clears: tuple[str, ...] = (), then=None) -> dict:
     """Widget kwargs keeping `state_key` (which survives page changes) in step with the widget.
 
-    `clears`: state keys reset to their defaults when the user changes this widget."""
+    `clears`: state keys reset to their defaults when the user changes this widget; `then`: a
+    function called after that."""
     if widget_key not in st.session_state:
         st.session_state[widget_key] = st.session_state[state_key]
+    st.session_state["_bound_" + widget_key] = state_key  # Back/Forward resets this widget
 
     def copy():
         st.session_state[state_key] = st.session_state[widget_key]
         for k in clears:
             st.session_state[k] = DEFAULTS[k]
+        if then is not None:
+            then()
     return {"key": widget_key, "on_change": copy}
 
 
