@@ -244,11 +244,16 @@ class Session:
         self.page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(
             timeout=timeout * 1000)
 
+    def nav_link(self, title_pattern: str):
+        """The sidebar's link to a page, by its label (the app draws the page list: ui/page.py)."""
+        label = self.page.locator('[data-testid="stMarkdownContainer"]', has_text=re.compile(title_pattern, re.I))
+        return self.sidebar.locator('a[data-testid="stPageLink-NavLink"]').filter(has=label).first
+
     def open_page(self, title_pattern: str) -> None:
         """Switch pages through the sidebar link, as a user does (keeps the session)."""
-        nav = self.page.locator('[data-testid="stSidebarNav"]')
-        link = nav.get_by_role("link", name=re.compile(title_pattern, re.I)).first
-        target = urllib.parse.urlsplit(link.get_attribute("href") or "").path
+        link = self.nav_link(title_pattern)
+        href = urllib.parse.urljoin(self.page.url, link.get_attribute("href") or "")
+        target = urllib.parse.urlsplit(href).path
         link.click()
         self.page.wait_for_load_state()
         # the new page's script may not have started yet: wait for its address, then its run

@@ -155,7 +155,7 @@ def dataset_run(browser, server, tmp_path_factory):
 
 
 _ORDER = ["test_landing", "test_pages", "test_upload", "test_shared_link", "test_concurrent",
-          "test_dataset", "test_history_page"]
+          "test_viewer", "test_reload", "test_dataset", "test_history_page"]
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -95,7 +95,7 @@ def test_patching_page_with_heatmap(shared):
     assert s.main.get_by_role("radio", name=NOISE).is_checked()
     assert "The capital of France is the city of" in s.main.inner_text()
     assert len(shared.cells) == 30 * 8
-    assert shared.detail["fields"].get("token") in ("␣France", " France"), shared.detail
+    assert shared.detail["fields"].get("token") == "␣France / ␣Italy", shared.detail  # both prompts' tokens
     assert shared.detail["fields"].get("layer") == "5", shared.detail
     # the cost is shown before running; the summary after
     text = s.main.inner_text()
