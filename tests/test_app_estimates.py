@@ -20,18 +20,21 @@ PAIR = dict(clean=CAPITAL.clean, corrupted=CAPITAL.corrupted, answer=CAPITAL.ans
 
 
 @pytest.fixture
-def new_machine(embedded, tmp_path, monkeypatch):
-    """As on a machine that never ran this model: nothing calibrated, checked or learnt."""
+def new_machine(tmp_path, monkeypatch):
+    """The dashboard's embedded model as on a machine that never ran it: nothing calibrated,
+    checked or learnt."""
+    from ui.model import _cached_model
     monkeypatch.setenv("PATCHCORE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("PATCHCORE_HISTORY_DB", raising=False)
+    model = _cached_model("embedded", "auto", "fp32", "", False)   # the one the pages use
 
     def forget():
         machine_cache.forget()
         for table in (estimate._CALIBRATIONS, estimate._ESTIMATES, hooks._SUPPORT, CALIBRATED_COSTS):
-            table.pop(embedded.hf, None)
-        estimate._STARTED.discard(embedded.hf)
+            table.pop(model.hf, None)
+        estimate._STARTED.discard(model.hf)
     forget()
-    yield embedded
+    yield model
     for t in threading.enumerate():   # the background calibration ends before the next test
         if t.name == "patchcore-calibrate":
             t.join(timeout=120)
@@ -69,9 +72,23 @@ def run_and_estimate(at, slot: str, button: str):
     return run_result(at, slot), shown_estimate(at)
 
 
+def timing_off(model, factor: float) -> None:
+    """As on the machine of issue 16 (~51 s shown for a 3 s sweep): the model's timing says
+    `factor` times what sweeps really take."""
+    for t in threading.enumerate():
+        if t.name == "patchcore-calibrate":
+            t.join(timeout=120)
+    cal = estimate.calibrate(model)
+    estimate._CALIBRATIONS[model.hf] = estimate.Calibration(cal.unit_s * factor)
+
+
 def test_after_the_first_run_the_estimate_is_within_half_of_the_actual_time(new_machine):
     at = open_app("Patching", **PAIR)            # layer × position, 240 patches
+    timing_off(new_machine, 15)
+    at.run()
+    before = shown_estimate(at)
     first, after_first = run_and_estimate(at, "patch", "run_patch")
+    assert before > 5 * first.seconds, (before, first.seconds)   # far off before any run here
     assert abs(after_first - first.seconds) <= 0.5 * first.seconds + 0.5, (after_first, first.seconds)
     second, _ = run_and_estimate(at, "patch", "run_patch")
     assert abs(after_first - second.seconds) <= 0.5 * second.seconds + 0.5, (after_first, second.seconds)
@@ -85,6 +102,7 @@ def test_dataset_estimates_learn_from_dataset_runs(new_machine):
     at.radio(key="w_ds_directions").set_value("denoise").run()
     at.selectbox(key="w_ds_sweep").select("layer").run()
     no_exception(at)
+    timing_off(new_machine, 15)
     run, after = run_and_estimate(at, "dataset", "ds_run")
     assert abs(after - run.result.seconds) <= 0.5 * run.result.seconds + 0.5, (after, run.result.seconds)
     assert machine_cache.get("estimates", machine_cache.model_key(new_machine, "dataset")) is not None

@@ -39,16 +39,17 @@ def start_dataset_job(slot: str, model, dataset, sweep: str, directions: str, me
     (not when it was cancelled) and teach the estimate what it took."""
 
     def work(**callbacks):
+        jobs.calibrated(callbacks["cancel"])
         kw = dict(n_boot=n_boot, seed=seed, length=length, **callbacks)
         if directions == "both":
             return run_both(model, dataset, sweep, metric, **kw)
         return run_dataset(model, dataset, sweep, directions, metric, **kw)
 
-    def done(res, notes) -> DatasetRun:
+    def done(res, job) -> DatasetRun:
         run_id, note = jobs.save_result(res, settings)
         n_dirs = 2 if directions == "both" else 1
         jobs.learn(model, "dataset", lambda: estimate_dataset_seconds(model, dataset, sweep, n_dirs, length),
-                   res.seconds)
+                   job, res.seconds)
         return DatasetRun(res, run_id, None if run_id is not None else note or None)
 
     return jobs.start_job(slot, total, work, on_done=done)

@@ -56,6 +56,7 @@ class Job:
     unit: str = "patches"                       # what `done` and `total` count
     status: str = ""                            # a remote job's state, e.g. "QUEUED (baseline)"
     why: str = ""                               # why it was cancelled, when not by Cancel
+    waited: bool = False                        # it waited for another run: its time is not the machine's
 
     @property
     def running(self) -> bool:
@@ -190,8 +191,8 @@ def ui_batch_size(model, n_tokens: int, sweep: str) -> int:
 
 def start_job(slot: str, total: int, work, on_done=None) -> Job:
     """Run work(progress=, cancel=, on_wait=) on a worker thread; what it returns becomes the
-    result of `slot`, what it raises its error. on_done(result, notes) runs after it, on the
-    worker, unless the run was cancelled meanwhile (it stores, learns, adds notes; what it
+    result of `slot`, what it raises its error. on_done(result, job) runs after it, on the
+    worker, unless the run was cancelled meanwhile (it stores, learns, adds job.notes; what it
     returns, if not None, becomes the result).
     job_panel(slot) shows progress, Cancel and the outcome."""
     job = Job(total=max(1, total))
@@ -199,14 +200,16 @@ def start_job(slot: str, total: int, work, on_done=None) -> Job:
     def progress(done, tot):
         job.done, job.total, job.waiting = done, tot, False
 
+    def waiting():
+        job.waiting = job.waited = True
+
     def run():
         try:
-            result = work(progress=progress, cancel=job.cancel.is_set,
-                          on_wait=lambda: setattr(job, "waiting", True))
+            result = work(progress=progress, cancel=job.cancel.is_set, on_wait=waiting)
             if job.cancel.is_set():   # cancelled after the last batch: keep and store nothing
                 raise Cancelled()
             if on_done is not None:
-                kept = on_done(result, job.notes)
+                kept = on_done(result, job)
                 result = result if kept is None else kept
             job.result = result
         except BaseException as exc:  # noqa: BLE001 - handed to the page
@@ -229,10 +232,22 @@ def save_result(result, settings: dict, timings: dict | None = None) -> tuple[in
     return run_id, (f"Saved to the run history as run {run_id}." if run_id is not None else "")
 
 
-def learn(model, kind: str, estimate_now, actual: float) -> None:
+def calibrated(cancel) -> None:
+    """Before a run: let a timing of the model that a page's estimate started finish first (it
+    holds the model's lock for a second or two), so the run's time is the machine's speed."""
+    for t in threading.enumerate():
+        if t.name == "patchcore-calibrate":
+            while t.is_alive() and not cancel():
+                t.join(0.2)
+
+
+def learn(model, kind: str, estimate_now, job: Job, actual: float) -> None:
     """After a run: tell patchcore.estimate what it took, so later estimates on this machine are
     closer. `estimate_now()` is the estimate the page shows (recomputed here on the worker, where
-    waiting is fine: the model is free again, so an uncalibrated one is timed now)."""
+    waiting is fine: the model is free again, so an uncalibrated one is timed now). A run that
+    waited for another run's turn on the model teaches nothing (its time includes the wait)."""
+    if job.waited:
+        return
     try:
         shown = float(estimate_now())
         if estimate.calibrate(model, wait=False).measured:   # never learn from a guess
@@ -248,18 +263,19 @@ def start_sweep(slot: str, model, pair: PromptPair, sweep: str, direction: str, 
     batch_size = ui_batch_size(model, prepared.n_tokens, sweep)
 
     def work(**callbacks):
+        calibrated(callbacks["cancel"])
         return run_sweep(model, prepared, sweep, direction, metric, batch_size=batch_size, **callbacks)
 
-    def done(result, notes):
+    def done(result, job):
         if save:
             spec = model.spec
-            notes.append(save_result(result, {
+            job.notes.append(save_result(result, {
                 "model": spec.name, "device": spec.device, "dtype": spec.dtype,
                 "revision": spec.revision, "pair": pair.to_dict(), "sweep": sweep,
                 "direction": direction, "metric": metric})[1])
         learn(model, "sweep", lambda: estimate.estimate_seconds(
             model, prepared.n_tokens, sweep, batch_size=batch_size, first_diff=prepared.first_diff),
-            result.seconds)
+            job, result.seconds)
 
     return start_job(slot, plan(model, prepared.n_tokens, sweep)["patches"], work, on_done=done)
 

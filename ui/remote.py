@@ -319,10 +319,10 @@ def start_sweep(slot: str, remote: Remote, pair, sweep: str, direction: str, met
                      "; ".join(f"{where} {' → '.join(states)}" for where, states in seen.states.items()) + ".")
         return result
 
-    def done(result, job_notes):
-        job_notes.extend(notes)
+    def done(result, job):
+        job.notes.extend(notes)
         if save:
-            job_notes.append(ui.jobs.save_result(result, {**remote.settings(), "pair": pair.to_dict(),
+            job.notes.append(ui.jobs.save_result(result, {**remote.settings(), "pair": pair.to_dict(),
                                                    "sweep": sweep, "direction": direction,
                                                    "metric": metric})[1])
 
