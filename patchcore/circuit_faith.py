@@ -24,7 +24,7 @@ from contextlib import ExitStack
 import numpy as np
 import torch
 
-from .backends.hooks import _first, _get_hidden
+from .backends.shortcuts import _first, _get_hidden
 from .ablations import RefSet, ioi_reference
 from .circuit_graph import Graph, build_graph, norms
 from .circuit_trace import HEAD, QKV, Prefix, _logits_kw, maps, sender_outputs, trace

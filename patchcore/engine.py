@@ -262,6 +262,8 @@ def _add_control_rows(batch: Batch, cells: np.ndarray, own_target: list) -> None
     batch.prompt = np.concatenate([batch.prompt, np.zeros(c, dtype=np.int64)])
     batch.answer = np.concatenate([batch.answer, np.repeat(batch.answer[:1], c)])
     batch.wrong = np.concatenate([batch.wrong, np.repeat(batch.wrong[:1], c)])
+    if isinstance(batch.same_before, np.ndarray):   # the first pair's shared prefix
+        batch.same_before = np.concatenate([batch.same_before, np.repeat(batch.same_before[:1], c)])
 
 
 def run_sweep(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = "layer_pos",
