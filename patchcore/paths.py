@@ -95,7 +95,7 @@ def parse_receivers(text: str, components) -> str | list[Site]:
                 out.append(Site(COMPONENTS[kind], base.layer, head, base.pos))
         elif base.component is MLP and not sel:
             out.append(Site(MLP_IN, base.layer, -1, base.pos))
-        elif base.component.name in ("q", "k", "v") and not sel:
+        elif base.component.projection and not sel:
             out.append(base)
         else:
             raise SweepError(f"'{part}' is not a receiver. {RECEIVER_HELP}", field="receivers")

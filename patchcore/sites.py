@@ -48,6 +48,11 @@ class Component:
     def per_head(self) -> bool:
         return bool(self.heads)
 
+    @property
+    def projection(self) -> bool:
+        """A query, key or value projection's output (a head's input)."""
+        return self.view in ("q", "k", "v")
+
     def module(self, components, layer: int) -> torch.nn.Module:
         return getattr(components, self.modules)[layer]
 
