@@ -250,15 +250,16 @@ class HookBackend(Backend):
         logsumexp (batch.need_lse False) gets the answer's and wrong token's logits alone: two
         rows of the unembedding per batch row instead of the whole vocabulary."""
         head = self.c.unembed
-        if batch.need_lse or not isinstance(head, torch.nn.Linear):
+        if batch.need_lse or not isinstance(head, torch.nn.Linear) or head.weight.device.type == "meta":
+            # (an offloaded head keeps its weights on 'meta' until its own call loads them)
             return self._readout(self._unembed(hidden), batch)
         h = hidden[:, -1, :]
         dev = head.weight.device
         a, w = torch.as_tensor(batch.answer, device=dev), torch.as_tensor(batch.wrong, device=dev)
-        la = (h * head.weight[a].to(h.dtype)).sum(-1).float()
-        lw = (h * head.weight[w].to(h.dtype)).sum(-1).float()
+        la = (h * head.weight[a].to(h.device, h.dtype)).sum(-1).float()
+        lw = (h * head.weight[w].to(h.device, h.dtype)).sum(-1).float()
         if head.bias is not None:
-            la, lw = la + head.bias[a].float(), lw + head.bias[w].float()
+            la, lw = la + head.bias[a].to(h.device).float(), lw + head.bias[w].to(h.device).float()
         return torch.stack([la, lw, torch.full_like(la, float("nan"))], dim=1)
 
     def record(self, batch: Batch, sites: list):
