@@ -299,9 +299,13 @@ def run_sweep(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = 
                                     batch_size=batch_size, progress=progress, cancel=cancel,
                                     on_wait=on_wait, skip_lower=skip_lower,
                                     skip_unchanged=skip_unchanged, backend=backend)
-    return new_result(model, spec, direction, metric, values.reshape(spec.dims(c, n_tok)),
-                      base.clean_metric, base.corrupted_metric, prepared=prepared,
-                      seconds=time.perf_counter() - t0, forward_rows=facts["forward_rows"],
-                      batch_size=facts["batch_size"], backend=backend.name,
-                      clean_top=base.clean_top, corrupted_top=base.corrupted_top,
-                      ablation=ab.name, reference=facts["reference"], noise_floor=facts["noise_floor"])
+    result = new_result(model, spec, direction, metric, values.reshape(spec.dims(c, n_tok)),
+                        base.clean_metric, base.corrupted_metric, prepared=prepared,
+                        seconds=time.perf_counter() - t0, forward_rows=facts["forward_rows"],
+                        batch_size=facts["batch_size"], backend=backend.name,
+                        clean_top=base.clean_top, corrupted_top=base.corrupted_top,
+                        ablation=ab.name, reference=facts["reference"],
+                        noise_floor=facts["noise_floor"])
+    if ab.caveat:
+        result.warnings.append(ab.caveat)
+    return result

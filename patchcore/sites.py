@@ -206,6 +206,16 @@ def parse_sites(text) -> list[Site]:
     return sites
 
 
+def check_positions(sites: list[Site], lengths: list[int]) -> None:
+    """Positions line up only across pairs of one token length: refuse a site with @POSITION
+    on pairs of several lengths, naming it."""
+    named = [s for s in sites if s.pos >= 0]
+    if len(set(lengths)) > 1 and named:
+        raise SweepError(f"'{named[0]}' names a position, but the pairs have different lengths "
+                         f"({min(lengths)}–{max(lengths)} tokens), so positions do not line up. "
+                         f"Use pairs of one length, or sites without @POSITION.", field="sites")
+
+
 def check_sites(sites: list[Site], components, n_tokens: int) -> list[Site]:
     """Raise SweepError naming the first site that does not fit this model or prompt."""
     for s in sites:
