@@ -74,12 +74,11 @@ def position_problem(result, sites) -> str | None:
     sites = parse_sites(sites) if sites and isinstance(sites[0], str) else list(sites)
     with_pos = [s for s in sites if s.pos >= 0]
     r = first_result(result)
-    if not with_pos or getattr(r, "n_pairs", 1) <= 1 or getattr(r, "aligned_by", "position") == "position":
-        return None
-    how = "by role (S1, IO, S2, …)" if r.aligned_by == "role" else "not at all"
-    return (f"'{with_pos[0]}' names a position, but this dataset's pairs are lined up {how}, not "
-            f"token by token, so a position means different words in different pairs. Remove the "
-            f"sites with @ or test them on one pair.")
+    if not with_pos or getattr(r, "n_pairs", 1) <= 1 or getattr(r, "aligned_by", "position") != "role":
+        return None   # one pair, or positions are tokens (run_patch refuses pairs of different lengths)
+    return (f"'{with_pos[0]}' names a position, but this dataset's pairs are lined up by role (S1, IO, "
+            f"S2, …), not token by token, so a position means different words in different pairs. "
+            f"Remove the sites with @ or test them on one pair.")
 
 
 def split_senders(sites) -> tuple[list[str], list[str]]:

@@ -100,8 +100,9 @@ def test_pairs_and_positions_of_a_dataset_result():
     assert "lined up by role" in position_problem(ds, ["head:1.2@3", "mlp:0"])
     assert position_problem(ds, ["head:1.2", "mlp:0"]) is None
     assert position_problem(single, ["resid:1@3"]) is None
-    ds.aligned_by = "position"   # uploaded pairs of one length: positions are tokens
-    assert position_problem(ds, ["resid:1@3"]) is None
+    for aligned in ("position", "none"):   # positions are tokens (run_patch checks the lengths)
+        ds.aligned_by = aligned
+        assert position_problem(ds, ["resid:1@3"]) is None
 
 
 def test_split_senders_keeps_heads_and_mlps():
