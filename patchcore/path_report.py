@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import PatchError
 from .paths import parse_receivers, parse_senders
-from .sites import get_direction, parse_sites
+from .sites import check_sites, get_direction, parse_sites
 from .summary import num
 
 MAX_TEXT = 2000
@@ -67,6 +67,8 @@ def path_cost(model, senders: str, receivers: str, lengths: list[int], draws: in
     or MLPs: record them, then patch them). Raises the PatchError run_path would."""
     rows, sweep, _ = parse_senders(senders, model.components)
     recv = parse_receivers(receivers, model.components)
+    check_sites([s for row in rows for s in row] + ([] if isinstance(recv, str) else recv), model.components,
+                min(lengths) if lengths else 10**6)
     n_pairs = len(lengths)
     step = 1 if isinstance(recv, str) else 2
     return {"paths": len(rows), "pairs": n_pairs, "sweep": sweep,

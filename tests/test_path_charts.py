@@ -148,5 +148,11 @@ def test_the_cost_shown_before_is_what_the_run_counts(llama, senders, receivers)
 def test_the_cost_refuses_what_the_run_refuses(llama):
     with pytest.raises(SweepError, match="layer 7 does not exist"):
         path_cost(llama, "head:7.*", "logits", [12])
+    with pytest.raises(SweepError, match="layer 7 does not exist"):
+        path_cost(llama, "head:7.1,mlp:0", "logits", [12])
+    with pytest.raises(SweepError, match="head 5 does not exist"):
+        path_cost(llama, "head:*", "head:2.5:q", [12])
+    with pytest.raises(SweepError, match="position 12 is past"):
+        path_cost(llama, "head:1.1@12", "logits", [14, 12])
     with pytest.raises(SweepError, match="not a receiver"):
         path_cost(llama, "head:*", "resid:2", [12])
