@@ -1,7 +1,7 @@
 """The small senders → receivers graph of a path-patching result (Altair).
 
-Nodes sit at their layer (bottom: layer 0; the logits above the last layer), side by side
-within a layer; one edge from every shown sender to every receiver, its width the size of
+Nodes sit in rows by layer (lowest layer at the bottom, the logits on top; only layers that
+have a node get a row, evenly spaced), each sender in its own column; one edge from every shown sender to every receiver, its width the size of
 the sender's effect on that path (|share of the clean behaviour restored or destroyed|),
 red where it moves the answer towards the clean behaviour, blue where it works against it.
 
@@ -9,6 +9,8 @@ A sender sweep (head:*, mlp:*, head:L.*) shows its `top` strongest senders; a se
 (one PatchSetResult) shows every sender with the set's combined effect.
 """
 from __future__ import annotations
+
+import json
 
 import altair as alt
 import numpy as np
@@ -34,7 +36,8 @@ def _label(site: str) -> str:
 
 
 def graph_frames(result, top: int = 6, n_layers: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(nodes, edges) of the graph. nodes: id, label, role (sender | receiver), layer, x, y.
+    """(nodes, edges) of the graph. nodes: id, label, role (sender | receiver), layer, x, y (the
+    row: the layer's rank among the layers shown).
     edges: sender, receiver, effect (signed share), width (|effect|), x, y, x2, y2."""
     if isinstance(result, PatchSetResult):
         if result.receivers is None:
@@ -66,9 +69,16 @@ def graph_frames(result, top: int = 6, n_layers: int | None = None) -> tuple[pd.
         elif r not in [n["id"] for n in nodes]:
             nodes.append({"id": r, "label": _label(r), "role": "receiver", "layer": parse_site(r).layer})
     nodes = pd.DataFrame(nodes)
-    nodes["y"] = nodes["layer"].astype(float)
+    rows = sorted(nodes["layer"].unique())   # one evenly spaced row per layer that has a node
+    nodes["y"] = nodes["layer"].map({layer: float(i) for i, layer in enumerate(rows)})
     nodes["x"] = 0.0
-    for layer, group in nodes.groupby("layer"):   # side by side within a layer, centred
+    # senders each in their own column (lower layers to the left), so no edge runs through
+    # another sender; receivers side by side within their layer, centred
+    senders_at = nodes.index[nodes["role"] == "sender"]
+    order = sorted(senders_at, key=lambda i: (nodes.at[i, "layer"], nodes.at[i, "id"]))
+    for k, i in enumerate(order):
+        nodes.at[i, "x"] = k - (len(order) - 1) / 2
+    for layer, group in nodes[nodes["role"] == "receiver"].groupby("layer"):
         idx = list(group.index)
         nodes.loc[idx, "x"] = [i - (len(idx) - 1) / 2 for i in range(len(idx))]
     at = nodes.set_index("id")
@@ -86,15 +96,15 @@ def path_graph(result, top: int = 6, n_layers: int | None = None, width: int = 4
                height: int = 360) -> alt.LayerChart:
     """The senders → receivers graph (see the module docstring)."""
     nodes, edges = graph_frames(result, top, n_layers)
-    top_layer = int(nodes["layer"].max())
     biggest = float(edges["width"].max()) if len(edges) else 0.0
     xs = nodes["x"]
     x_scale = alt.Scale(domain=[float(xs.min()) - 1, float(xs.max()) + 1])
-    y_scale = alt.Scale(domain=[-0.5, top_layer + 0.5], nice=False)
-    is_logits = "datum.value == %d && %s" % (top_layer, "true" if (nodes["id"].isin(["logits", "all"])).any()
-                                                else "false")
-    y_axis = alt.Axis(title="layer", tickMinStep=1, format="d",
-                      labelExpr=f"{is_logits} ? 'logits' : datum.label")
+    rows = nodes.drop_duplicates("y").sort_values("y")
+    labels = ["logits" if r.id in ("logits", "all") or (r.role == "receiver" and r.label.startswith("logits"))
+              else f"layer {r.layer}" for r in rows.itertuples()]
+    y_scale = alt.Scale(domain=[-0.5, len(rows) - 0.5], nice=False)
+    y_axis = alt.Axis(title=None, values=list(range(len(rows))), labelExpr=f"{json.dumps(labels)}[datum.value]",
+                      grid=True, gridDash=[2, 4])
     edge = alt.Chart(edges).mark_rule(opacity=0.75, strokeCap="round").encode(
         x=alt.X("x:Q", scale=x_scale, axis=None), y=alt.Y("y:Q", scale=y_scale, axis=y_axis),
         x2="x2:Q", y2="y2:Q",

@@ -69,6 +69,11 @@ def test_graph_of_receivers_inside_the_model_and_of_a_sender_set(llama):
     group = run_path(llama, PAIR, "head:0.1,mlp:1", "head:2.1:q")
     nodes, edges = graph_frames(group, n_layers=3)
     assert list(nodes["id"]) == ["head:0.1", "mlp:1", "q:2.1"] and list(nodes["layer"]) == [0, 1, 2]
+    far = run_path(llama, PAIR, "head:0.1", "logits")      # rows only for layers with a node
+    nodes, _ = graph_frames(far, n_layers=30)
+    assert list(nodes["layer"]) == [0, 30] and list(nodes["y"]) == [0.0, 1.0]
+    axis = path_graph(far, n_layers=30).to_dict()["layer"][0]["encoding"]["y"]["axis"]
+    assert axis["values"] == [0, 1] and '["layer 0", "logits"]' in axis["labelExpr"]
     assert list(edges["effect"]) == [pytest.approx(group.normalized)] * 2    # the group's one number
     path_graph(group).to_dict()
     with pytest.raises(SweepError, match="not path patching"):
