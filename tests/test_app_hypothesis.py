@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from app_helpers import (ROOT, TIMEOUT, chart_spec, charts, click_chart, errors, isolated_history,  # noqa: F401
                          no_exception, open_app, plain, texts, wait_for_job)
+from patchcore import DEFAULT_PAIR, run_sweep
 from patchcore.history import History
 from patchcore.hypothesis import RUN_TITLES, pairs_of, run_check, top_sites
 from patchcore.interventions import run_patch
@@ -223,3 +224,28 @@ def test_on_a_dataset_the_check_runs_on_its_pairs_with_intervals(embedded, singl
     assert any("lined up by role" in plain(w.value) for w in at.warning)
     at.multiselect(key="w_hyp_chips_dataset").unselect("resid:3@2").run()
     assert not at.button(key="hyp_run_dataset").disabled
+
+
+def test_a_stored_runs_strings_stay_text_in_the_check(tiny, isolated_history):  # noqa: F811
+    """A run file's model name (an image link) is shown as text in the check's notices, and a
+    stored site set from such a file too (History)."""
+    from patchcore.results import result_from_json
+    from test_app_stored_strings import EVIL, HOSTILE, assert_all_text, hostile_json
+
+    model = tiny("gpt2")
+    result = result_from_json(hostile_json(run_sweep(model, DEFAULT_PAIR, "head")))
+    at = open_app(sites="head:1.2")
+    at.session_state["_result_patch"] = result
+    at.switch_page("pages/3_Patching.py").run()
+    no_exception(at)
+    shown = assert_all_text(at)
+    assert f"This result comes from {HOSTILE['model']}" in shown     # the check cannot run here
+    assert at.button(key=RUN).disabled
+    group = run_patch(model, DEFAULT_PAIR, ["head:1.2", "mlp:0"])
+    stored = History(isolated_history).save(result_from_json({**group.to_json(), **HOSTILE,
+                                                              "metric": f"![x]({EVIL}/m.png)"}), source="test")
+    hist = open_app(run=str(stored))
+    hist.switch_page("pages/5_History.py").run()
+    no_exception(hist)
+    shown = assert_all_text(hist)
+    assert f"![x]({EVIL}/m.png)" in shown and errors(hist) == []

@@ -165,3 +165,14 @@ def test_on_the_current_dataset(embedded, single_thread):
     assert any(plain(m.value).strip("*") == path_story(want) for m in at.markdown)
     assert titled(at, "mean of 3 pairs") and titled(at, "Senders → receivers")
     assert History().list()[0].kind == "dataset"
+
+
+def test_a_model_named_with_markup_is_text_on_the_paths_page():
+    from test_app_stored_strings import HOSTILE, assert_all_text
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.session_state["model"] = HOSTILE["model"]
+    at.switch_page(PATHS).run()
+    no_exception(at)
+    assert HOSTILE["model"] in assert_all_text(at)
+    assert not at.button(key="run_paths").disabled      # Run loads it (and says why it cannot)

@@ -206,7 +206,9 @@ def panel(result, slot: str, chart_keys: list[str]) -> None:
     st.subheader("Test a hypothesis: these sites together")
     st.caption("Click cells of the heatmap to add them to the selection, pick the strongest ones, or type "
                "sites. “Test these together” asks whether they are enough to bring the clean answer "
-               "back, whether the model needs them, and whether the rest can do without them.")
+               "back, whether the model needs them, and whether the rest can do without them."
+               + (" On a path heatmap the check patches the selected heads or MLPs themselves, along "
+                  "every route, not only the path above." if getattr(r, "path", None) else ""))
     sites = selection()
     chips = f"w_hyp_chips_{slot}"
     st.session_state[chips] = sites
