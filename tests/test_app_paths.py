@@ -176,3 +176,21 @@ def test_a_model_named_with_markup_is_text_on_the_paths_page():
     no_exception(at)
     assert HOSTILE["model"] in assert_all_text(at)
     assert not at.button(key="run_paths").disabled      # Run loads it (and says why it cannot)
+
+
+def test_cancel_stops_a_path_run_and_the_model_stays_usable():
+    at = open_paths()   # 270 paths in batches: Cancel acts between them
+    at.button(key="run_paths").click().run()
+    job = at.session_state["_job_paths"]
+    assert job.running and at.get("progress")
+    at.button(key="cancel_paths").click().run()
+    assert job.cancel.is_set()
+    wait_for_job(at, "paths", timeout=300)
+    no_exception(at)
+    assert any("cancelled" in i.value for i in at.info)
+    assert "_result_paths" not in at.session_state and not titled(at, "Path patching")
+    assert History().list() == []       # nothing stored
+    at.radio(key="w_paths_smode").set_value("mlps").run()   # and the next run works
+    at.button(key="run_paths").click().run()
+    wait_for_job(at, "paths")
+    assert at.session_state["_result_paths"].path["senders"] == "mlp:*"
