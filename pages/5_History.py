@@ -8,7 +8,7 @@ import ui
 from ui import datasets as uid
 from patchcore.compare import compare
 from patchcore.dataset_charts import difference_heatmap
-from patchcore.results import BothResult, DatasetResult
+from patchcore.results import BothResult, DatasetResult, PatchSetResult
 from patchcore.history import History
 
 ui.page("History", ":material/history:")
@@ -146,6 +146,9 @@ with tab_result:
     try:
         if isinstance(result, (DatasetResult, BothResult)):
             uid.show_dataset_result(result, SLOT, rec.id)
+        elif isinstance(result, PatchSetResult):  # sites together, a hypothesis check's run, a path group
+            from ui.paths import show_set
+            show_set(result, SLOT)
         else:
             ui.show_result(result, SLOT, cell_key="hist_cell")
     except Exception as exc:  # noqa: BLE001

@@ -197,6 +197,10 @@ def show_dataset_result(res, slot: str, run_id: int | None = None) -> None:
     cols[2].download_button("CSV (every pair)", per_pair.to_csv(index=False), f"{stem}_pairs.csv", "text/csv",
                             key=f"ds_dl_pairs_{slot}", icon=":material/download:")
 
+    # the hypothesis check: clicked cells become a selection, tested together (ui/hypothesis.py)
+    from ui import hypothesis
+    hypothesis.panel(res, slot, [f"ds_chart_{slot}_{name}" for name in ("denoise", "noise", "single")])
+
 
 def _per_pair_frame(res) -> pd.DataFrame:
     parts = []

@@ -81,20 +81,22 @@ def save_result(result, settings: dict, timings: dict | None = None) -> tuple[in
 
 
 def start_sweep(slot: str, model, pair: PromptPair, sweep: str, direction: str, metric: str,
-                save: bool = False) -> Job:
-    """One patchcore.run_sweep in the background; with `save`, the result goes into the run history."""
+                save: bool = False, ablation: str = "corrupted") -> Job:
+    """One patchcore.run_sweep in the background; with `save`, the result goes into the run history.
+    `ablation`: what each patch writes (patchcore.ablations)."""
     prepared = prepare_pair(model.tokenizer, pair)  # pages check first; PairError says what is wrong
     batch_size = ui_batch_size(model, prepared.n_tokens, sweep)
     notes = []
 
     def work(**callbacks):
-        result = run_sweep(model, prepared, sweep, direction, metric, batch_size=batch_size, **callbacks)
+        result = run_sweep(model, prepared, sweep, direction, metric, batch_size=batch_size,
+                           ablation=ablation, **callbacks)
         if save:
             spec = model.spec
             notes.append(save_result(result, {
                 "model": spec.name, "device": spec.device, "dtype": spec.dtype,
                 "revision": spec.revision, "pair": pair.to_dict(), "sweep": sweep,
-                "direction": direction, "metric": metric})[1])
+                "direction": direction, "metric": metric, "ablation": ablation})[1])
         return result
 
     job = start_job(slot, plan(model, prepared.n_tokens, sweep)["patches"], work)

@@ -119,3 +119,7 @@ def show_result(result, slot: str, cell_key: str = "cell") -> None:
                             key=f"dl_png_{slot}", icon=":material/image:")
     cols[3].download_button("SVG", lambda: chart_svg(chart), f"{stem}.svg", "image/svg+xml",
                             key=f"dl_svg_{slot}", icon=":material/image:")
+
+    # the hypothesis check: clicked cells become a selection, tested together (ui/hypothesis.py)
+    from ui import hypothesis
+    hypothesis.panel(result, slot, [chart_key])

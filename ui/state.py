@@ -7,7 +7,7 @@ import re
 import streamlit as st
 from streamlit import config as st_config
 
-from patchcore import DEFAULT_PAIR, DIRECTIONS, METRICS, SWEEPS, PromptPair
+from patchcore import DEFAULT_PAIR, DIRECTIONS, METRICS, SWEEPS, PatchError, PromptPair
 from patchcore.access import link_model_problem
 from patchcore.models import DTYPES, EMBEDDED
 
@@ -36,6 +36,39 @@ DEFAULTS = {
 URL_NAMES = {"view": {"normalized": "normalized", "value": "raw"}}
 
 
+# -- the hypothesis check (ui/hypothesis.py), the Paths page (pages/6_Paths.py), the ablation --
+# sites: the selected sites, comma-separated; senders/receivers: patchcore.paths notation
+HYPOTHESIS_DEFAULTS = {"sites": "", "senders": "head:*", "receivers": "logits", "ablation": "corrupted"}
+DEFAULTS.update(HYPOTHESIS_DEFAULTS)
+MAX_SITES = 100
+
+
+def _valid_hypothesis(key: str, raw: str) -> tuple[object, str | None]:
+    from patchcore.ablations import ABLATIONS
+    from patchcore.path_report import receivers_problem, senders_problem
+    from patchcore.sites import parse_sites
+    d = DEFAULTS[key]
+    if key == "ablation":
+        return (raw, None) if raw in ABLATIONS else (d, f"choose one of {', '.join(ABLATIONS)}")
+    if key == "senders":
+        problem = senders_problem(raw)
+        return (d, problem) if problem else (raw.strip(), None)
+    if key == "receivers":
+        problem = receivers_problem(raw)
+        return (d, problem) if problem else (raw.strip(), None)
+    if len(raw) > 20 * MAX_SITES:
+        return d, f"longer than {20 * MAX_SITES} characters"
+    if not raw.strip():
+        return d, None
+    try:
+        sites = parse_sites(raw)
+    except PatchError as exc:
+        return d, exc.message.split(" Write sites")[0]
+    if len(sites) > MAX_SITES:
+        return d, f"more than {MAX_SITES} sites"
+    return ",".join(str(s) for s in sites), None
+
+
 _REVISION = re.compile(r"^[A-Za-z0-9._/-]{1,100}$")
 
 
@@ -52,6 +85,8 @@ def _valid(key: str, raw: str) -> tuple[object, str | None]:
     d = DEFAULTS[key]
     if "\x00" in raw:
         return d, "contains a NUL character"
+    if key in HYPOTHESIS_DEFAULTS:
+        return _valid_hypothesis(key, raw)
     if key == "model":  # the embedded model or a hub id; never a path, nor a folder here like 'docs'
         problem = link_model_problem(raw)
         return (d, problem) if problem else (raw, None)
