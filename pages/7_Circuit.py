@@ -68,6 +68,7 @@ method = c2.radio("Method", list(uc.METHOD_NAMES), format_func=uc.METHOD_NAMES.g
 if method == "eap-ig":
     c2.number_input("Steps", 1, 100, **ui.bind("w_c_steps", "c_steps"),
                     help="Points on the path between the two inputs; 5 is the usual choice.")
+ui._collect(uc.SLOT)   # a run that just finished: its result, as job_panel would take it
 if ui.result_for(uc.SLOT) is None:   # afterwards the slider sits with the result (one widget for K)
     c3.slider("Circuit size K (the strongest edges)", 1, uc.MAX_K, **ui.bind("w_c_k_run", "c_k"),
               help="The circuit whose faithfulness the run reports; you can change K afterwards.")

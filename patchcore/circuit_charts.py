@@ -257,13 +257,15 @@ def faithfulness_bounds(result: CircuitResult, k: int, extra: list | None = None
 
 
 def faithfulness_curve(result: CircuitResult, k: int, extra: list | None = None,
-                       width: int = 520, height: int = 300) -> alt.LayerChart:
-    """Faithfulness against circuit size (symlog x), 0 and 1 marked, a rule and label at K."""
+                       width: int = 520, height: int = 320) -> alt.LayerChart:
+    """Faithfulness against circuit size (symlog x), 0 and 1 marked, a rule and label at K; points
+    measured after the run (`extra`) in green."""
     df = curve_frame(result, extra)
     ticks = [v for v in (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000, 300_000, 1_000_000)
              if v <= result.n_edges]
     x = alt.X("edges:Q", scale=alt.Scale(type="symlog", domain=[0, max(1, result.n_edges)], nice=False),
-              axis=alt.Axis(title="edges kept (the top K, log scale)", grid=False, values=ticks, format=","))
+              axis=alt.Axis(title="edges kept (the top K, log scale)", grid=False, values=ticks,
+                            labelExpr="datum.value >= 1000 ? (datum.value / 1000) + 'k' : '' + datum.value"))
     y = alt.Y("faithfulness:Q", axis=alt.Axis(title="faithfulness", format=".1f"),
               scale=alt.Scale(domain=[min(-0.1, float(np.nanmin(df.faithfulness)) if df.faithfulness.notna().any()
                                           else 0), max(1.1, float(np.nanmax(df.faithfulness)) if
@@ -280,7 +282,7 @@ def faithfulness_curve(result: CircuitResult, k: int, extra: list | None = None,
     pts = alt.Chart(df).mark_point(filled=True, size=40).encode(
         x=x, y=y, tooltip=tip,
         color=alt.Color("source:N", scale=alt.Scale(domain=["run", "measured"], range=["#4c78a8", "#54a24b"]),
-                        legend=alt.Legend(title=None, orient="bottom")))
+                        legend=None))
     f = faithfulness_at(result, k, extra)
     marker = pd.DataFrame({"edges": [int(k)], "faithfulness": [np.nan if f is None else f],
                            "text": [f"K = {int(k):,}" + ("" if f is None or not math.isfinite(f) else f": {f:.2f}")]})
@@ -295,7 +297,7 @@ def faithfulness_curve(result: CircuitResult, k: int, extra: list | None = None,
     return alt.layer(*layers).properties(
         width=width, height=height,
         title=alt.TitleParams("Faithfulness by circuit size",
-                              subtitle="share of the behaviour the top K edges keep on their own: 0 = none, 1 = all",
+                              subtitle="what the top K edges keep on their own: 0 = nothing, 1 = all",
                               anchor="start"))
 
 

@@ -44,7 +44,9 @@ def extra_points(slot: str, result) -> list:
 def _selection_from_event(chart_key: str, sel_key: str) -> None:
     """The clicked node ('head:9.6') or edge ('edge:RANK') into `sel_key` ('' when cleared)."""
     event = (st.session_state.get(chart_key) or {}).get("selection", {})
-    nodes, edges = event.get(NODE_SELECT) or [], event.get(EDGE_SELECT) or []
+    # the browser sends both selections, the one not clicked as [{}]
+    nodes = [p for p in event.get(NODE_SELECT) or [] if isinstance(p, dict) and p.get("name")]
+    edges = [p for p in event.get(EDGE_SELECT) or [] if isinstance(p, dict) and "rank" in p]
     try:
         if nodes:
             st.session_state[sel_key] = str(nodes[0]["name"])
@@ -69,7 +71,8 @@ def _faithfulness_box(result, k: int, slot: str, model) -> None:
                if lo and hi else "not measured")
     st.metric(f"Faithfulness of the top {k:,} edges", "not measured",
               help="The run measured the curve's points only. Measure this size to know it.")
-    st.caption(f"The curve has no point at {k:,} edges; its neighbours are {between}.")
+    st.caption(f"The curve has no point at {k:,} edges; its neighbours are {between}. Green points on "
+               "the curve were measured after the run.")
     job_slot = f"{slot}_faith"
     can = model is not None and getattr(model, "label", None) == result.model
     if st.button(f"Measure faithfulness at K = {k:,}", key=f"c_measure_{slot}", icon=":material/straighten:",
@@ -117,9 +120,9 @@ def _detail(result, selected: str, nodes: pd.DataFrame, edges: pd.DataFrame, slo
             st.markdown(f"**Selected edge: {ui.md_escape(e.sender)} → {ui.md_escape(e.receiver)}**")
             c = st.columns(3)
             c[0].metric("rank", f"{rank:,}", help="1 = the strongest edge (largest |score|).")
-            c[1].metric("score (estimate)", f"{e.score:+.3f}", help=SCORE_HELP)
-            c[2].metric("exact", "not checked" if not np.isfinite(e.exact) else f"{e.exact:+.3f}",
-                        help=EXACT_HELP)
+            c[1].metric("score", f"{e.score:+.3f}", help=SCORE_HELP)
+            c[2].metric("exact", "—" if not np.isfinite(e.exact) else f"{e.exact:+.3f}",
+                        help=EXACT_HELP + ("" if np.isfinite(e.exact) else " This edge was not checked."))
             src = "clean" if result.direction == "denoise" else "corrupted"
             st.text(f"If only this edge carried the {src} run's value, the {ui.metric_name(result.metric)} "
                     f"would change by about {e.score:+.3f} (clean {result.clean_metric:+.3f}, corrupted "
