@@ -49,7 +49,8 @@ if ss["c_pairs"] not in options:
             "pairs instead.", icon=":material/info:")
     ss["c_pairs"] = "ioi"
 c1, c2, c3 = st.columns(3)
-source = c1.radio("Pairs", options, format_func=uc.source_label, **ui.bind("w_c_pairs", "c_pairs"),
+source_names = {o: uc.source_label(o) for o in options}
+source = c1.radio("Pairs", options, format_func=source_names.get, **ui.bind("w_c_pairs", "c_pairs"),
                   help="Circuits are found over many pairs: the scores are means over them.")
 if source == "ioi":
     a, b = c1.columns(2)

@@ -205,3 +205,21 @@ def test_gemma_is_refused_in_one_line(monkeypatch):
     (err,) = errors(at)
     assert "Gemma 2" in err and "\n" not in err and "Traceback" not in err
     assert at.button(key="c_run").disabled
+
+
+def test_the_datasets_page_pairs_can_be_used():
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=TIMEOUT)
+    at.switch_page("pages/4_Datasets.py").run()             # builds 20 IOI pairs by default
+    no_exception(at)
+    at.switch_page(PAGE).run()
+    no_exception(at)
+    radio = at.radio(key="w_c_pairs")
+    assert "The IOI pairs built on the Datasets page (20 pairs)" in radio.options, radio.options
+    radio.set_value("ds_ioi").run()
+    no_exception(at)
+    assert metrics(at)["Pairs"] == "20" and at.query_params["c_pairs"] == "ds_ioi"
+    # a link naming them, opened in another session, falls back to generated pairs and says so
+    other = open_circuit(c_pairs="ds_ioi")
+    no_exception(other)
+    assert any("another browser session" in i.value for i in other.info)
+    assert metrics(other)["Pairs"] == "8"
