@@ -180,6 +180,7 @@ def test_send_nodes_to_the_hypothesis_check():
     at.button(key="c_send_circuit").click().run()
     no_exception(at)
     assert at.session_state["hypothesis_sites"] == ",".join(chosen)
+    assert at.session_state["sites"] == ",".join(chosen)     # the check's own selection key
     assert at.query_params.get("sites") == ",".join(chosen)
     assert any(t.value == "Patching" for t in at.title), "the hypothesis check (Patching page) opens"
     assert r.n_edges > 0

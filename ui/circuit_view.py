@@ -166,6 +166,9 @@ def _send_to_hypothesis(result, nodes: pd.DataFrame, selected: str, slot: str) -
                  disabled=not picked):
         text = ",".join(picked)
         st.session_state[HYPOTHESIS_KEY] = text
+        # the hypothesis check keeps its selection under the session key 'sites' (ui.state syncs
+        # it with the URL), which a link's `sites` sets only on a session's first page
+        st.session_state["sites"] = text
         st.switch_page(HYPOTHESIS_PAGE, query_params={"sites": text})
 
 
