@@ -14,7 +14,8 @@ from patchcore.history import History
 ui.page("History", ":material/history:")
 ss = st.session_state
 SLOT = "hist"
-KIND_NAMES = {"single": "one pair", "dataset": "dataset", "both": "dataset, both directions"}
+KIND_NAMES = {"single": "one pair", "dataset": "dataset", "both": "dataset, both directions",
+              "circuit": "circuit"}
 
 st.title("History")
 history = History()
@@ -144,7 +145,11 @@ if ss.get("hist_confirm_delete") == rec.id:
 tab_result, tab_compare = st.tabs(["Result", "Compare with another run"])
 with tab_result:
     try:
-        if isinstance(result, (DatasetResult, BothResult)):
+        if getattr(result, "kind", "") == "circuit":  # the Circuit page's viewer (ui/circuit_view.py)
+            from ui.circuit_view import show_circuit
+            show_circuit(result, f"{SLOT}{rec.id}", model=ui.auto_model() if ui.is_loaded() else None,
+                         run_id=rec.id)
+        elif isinstance(result, (DatasetResult, BothResult)):
             uid.show_dataset_result(result, SLOT, rec.id)
         elif isinstance(result, PatchSetResult):  # sites together, a hypothesis check's run, a path group
             from ui.paths import show_set
@@ -156,7 +161,10 @@ with tab_result:
 
 with tab_compare:
     others = [i for i in options if i != rec.id]
-    if not others:
+    if getattr(result, "kind", "") == "circuit":
+        st.info("Comparing is for patching runs. To compare two circuits, open each one.",
+                icon=":material/compare:")
+    elif not others:
         st.info("There is no other run to compare with" + (" (clear the search to see all runs)." if search
                                                           else "."), icon=":material/compare:")
     else:
