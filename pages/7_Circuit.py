@@ -99,11 +99,11 @@ if model is not None:
     try:
         from patchcore.circuit_estimate import estimate_circuit_seconds
         from patchcore.circuit_graph import build_graph
-        from patchcore.interventions import _prepare
+        from patchcore.interventions import prepare_pairs
         graph = build_graph(model)              # Gemma 2/3: refused in one line
         n_edges = len(graph.edges()[0])
         pairs = uc.pairs_for(model, source, int(ss["c_n"]), int(ss["c_seed"]))
-        prepared = _prepare(model, pairs)
+        prepared = prepare_pairs(model, pairs)
         settings = uc.settings_now(source)
         est, raw = estimate_circuit_seconds(model, prepared, method, steps=settings.get("steps", 1),
                                             check_top=settings["check_top"], curve_points=settings["curve_points"],

@@ -51,7 +51,7 @@ def complement_sites(sites: list[Site], components, n_tokens: int) -> list[Site]
     return out
 
 
-def _prepare(model: LoadedModel, pairs) -> list[PreparedPair]:
+def prepare_pairs(model: LoadedModel, pairs) -> list[PreparedPair]:
     if isinstance(pairs, (PromptPair, PreparedPair)):
         pairs = [pairs]
     items = getattr(pairs, "items", pairs)
@@ -143,7 +143,7 @@ def run_patch(model: LoadedModel, pairs, sites, direction: str = "denoise",
     d = get_direction(direction)
     check_metric(metric)
     ab = get_ablation(ablation)
-    prepared = _prepare(model, pairs)
+    prepared = prepare_pairs(model, pairs)
     dropped = []
     if ab.needs_dataset and len(prepared) > 1:   # resample draws from other pairs of one length
         count = {}

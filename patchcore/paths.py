@@ -32,7 +32,7 @@ from .ablations import DEFAULT_DRAWS, RefSet, get_ablation, join_notes, replacem
 from .backends.base import Backend, Batch, Writes
 from .engine import batch_rows, make_backend, run_batch
 from .errors import SweepError
-from .interventions import _prepare, pick_reference
+from .interventions import pick_reference, prepare_pairs
 from .metrics import check_metric, from_readout, readout
 from .models import LoadedModel
 from .results import DatasetResult, PatchSetResult, new_result, result_warnings, stamp
@@ -201,7 +201,7 @@ def run_path(model: LoadedModel, pairs, senders: str, receivers: str = "logits",
     check_metric(metric)
     ab = get_ablation(ablation)
     c = model.components
-    prepared = _prepare(model, pairs)
+    prepared = prepare_pairs(model, pairs)
     lengths = sorted({p.n_tokens for p in prepared})
     sender_rows, sweep, shape = parse_senders(senders, c)
     recv = parse_receivers(receivers, c)

@@ -177,10 +177,10 @@ def test_svg_export_draws_nodes_and_edges():
 def test_circuit_estimate_grows_with_the_work():
     from tiny import tiny_model
     from patchcore.circuit_estimate import circuit_units, estimate_circuit_seconds
-    from patchcore.interventions import _prepare
+    from patchcore.interventions import prepare_pairs
     import patchcore as pc
     m = tiny_model("llama")
-    one = _prepare(m, [pc.DEFAULT_PAIR])
+    one = prepare_pairs(m, [pc.DEFAULT_PAIR])
     base = circuit_units(m, one, "eap-ig", 5, 0, 16, 50)
     assert base > 0
     assert circuit_units(m, one, "eap-ig", 10, 0, 16, 50) > base

@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
+from patchcore.sites import get_direction
 from patchcore.charts import chart_png, chart_svg
 from patchcore.circuit_charts import (EDGE_SELECT, NODE_SELECT, circuit_graph, describe_node,
                                       faithfulness_at, faithfulness_bounds, faithfulness_curve,
@@ -123,7 +124,7 @@ def _detail(result, selected: str, nodes: pd.DataFrame, edges: pd.DataFrame, slo
             c[1].metric("score", f"{e.score:+.3f}", help=SCORE_HELP)
             c[2].metric("exact", "—" if not np.isfinite(e.exact) else f"{e.exact:+.3f}",
                         help=EXACT_HELP + ("" if np.isfinite(e.exact) else " This edge was not checked."))
-            src = "clean" if result.direction == "denoise" else "corrupted"
+            src = get_direction(result.direction).pick("clean", "corrupted")[0]
             st.text(f"If only this edge carried the {src} run's value, the {ui.metric_name(result.metric)} "
                     f"would change by about {e.score:+.3f} (clean {result.clean_metric:+.3f}, corrupted "
                     f"{result.corrupted_metric:+.3f}).")
