@@ -5,6 +5,7 @@ import ui
 from ui import atp as ui_atp
 from ui import remote as ui_remote
 from patchcore import DIRECTIONS, METRICS, SWEEPS, check_pair
+from patchcore.ablations import ABLATIONS
 
 ui.page("Patching")
 ss = st.session_state
@@ -41,6 +42,24 @@ metric = c3.selectbox(
     help="\n\n".join(ui.md_escape(t) for t in METRICS.values()))
 c3.caption(METRICS[metric])
 
+# -- what a patch writes: the ablation (patchcore.ablations), with its caveat -------------------
+a1, a2 = st.columns([1, 2])
+ablation = a1.selectbox(
+    "What a patch writes (ablation)", list(ABLATIONS), format_func=lambda a: ABLATIONS[a].title,
+    **ui.bind("w_ablation", "ablation"),
+    help="\n\n".join(f"**{ui.md_escape(a.title)}**: {ui.md_escape(a.help)}" for a in ABLATIONS.values()))
+a2.caption(ABLATIONS[ablation].help)
+if ABLATIONS[ablation].caveat:
+    a2.warning(ui.md_escape(ABLATIONS[ablation].caveat), icon=":material/warning:")
+ablation_problem = None
+if ABLATIONS[ablation].needs_dataset:
+    ablation_problem = ("Resample draws other prompts from a dataset; one pair has none. Use it on the "
+                        "Datasets page, or choose another ablation here.")
+elif ablation != "corrupted" and ui_remote.active():
+    ablation_problem = "Runs on NDIF write the other prompt's activations only; choose “Other prompt”."
+if ablation_problem:
+    st.error(ablation_problem, icon=":material/error:")
+
 remote = ui_remote.active()  # connected to NDIF on the Model page: every run goes there
 model = remote.model if remote else ui.auto_model()
 prepared = None
@@ -68,13 +87,15 @@ else:
                     if p["seconds"] is not None else "No estimate available for this set-up.")
 
 busy = ui.job_running("patch")
-blocked = busy or (model is not None and prepared is None)
+blocked = busy or (model is not None and prepared is None) or bool(ablation_problem)
 b1, b2, _ = st.columns([1, 1.5, 6])
 run = b1.button("Run", type="primary", icon=":material/play_arrow:", disabled=blocked, key="run_patch",
                 help="Exact patching: one patched forward pass per cell.")
 preview = b2.button(
-    "Fast preview", icon=":material/bolt:", disabled=blocked or bool(remote), key="preview_patch",
+    "Fast preview", icon=":material/bolt:", disabled=blocked or bool(remote) or ablation != "corrupted",
+    key="preview_patch",
     help="Local models only: it needs gradients, which NDIF runs do not send back." if remote else
+    "The fast preview estimates the other-prompt ablation only." if ablation != "corrupted" else
     "Attribution patching: estimates every cell from two forward passes and one backward "
     "pass – seconds instead of minutes, but approximate (weakest on the residual stream).")
 if run or preview:
@@ -84,7 +105,7 @@ if run or preview:
             if run and remote:
                 ui_remote.start_sweep("patch", remote, pair, sweep, direction, metric, save=True)
             elif run:
-                ui.start_sweep("patch", model, pair, sweep, direction, metric, save=True)
+                ui.start_sweep("patch", model, pair, sweep, direction, metric, save=True, ablation=ablation)
             else:
                 ui.start_preview("patch", model, pair, sweep, direction, metric)
         except Exception as exc:  # noqa: BLE001 - bad input or a bug: a message, never a traceback
@@ -93,8 +114,10 @@ if run or preview:
 ui.job_panel("patch")
 result = ui.result_for("patch")
 if result is not None:
-    asked = (sweep, direction, metric, pair)
-    if asked != (result.sweep, result.direction, result.metric, result.pair):
+    asked = (sweep, direction, metric, pair, ablation)
+    if asked != (result.sweep, result.direction, result.metric, result.pair, result.ablation):
         st.caption("The settings above changed since this result was computed; press Run to update it.")
+    if result.ablation in ABLATIONS and ABLATIONS[result.ablation].caveat:  # run_sweep does not warn
+        st.caption(f"Ablation: {ABLATIONS[result.ablation].title}. {ABLATIONS[result.ablation].caveat}")
     ui.show_result(result, "patch", model=None if remote else model)
     ui_atp.panel(result, model)

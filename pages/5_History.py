@@ -8,7 +8,7 @@ import ui
 from ui.state import VIEWS
 from patchcore.compare import compare
 from patchcore.dataset_charts import difference_heatmap
-from patchcore.results import BothResult
+from patchcore.results import BothResult, PatchSetResult
 from patchcore.history import History
 from patchcore.summary import metric_words
 from patchcore.sweeps import SWEEPS
@@ -16,7 +16,8 @@ from patchcore.sweeps import SWEEPS
 ui.page("History")
 ss = st.session_state
 SLOT = "hist"
-KIND_NAMES = {"single": "one pair", "dataset": "dataset", "both": "dataset, both directions"}
+KIND_NAMES = {"single": "one pair", "dataset": "dataset", "both": "dataset, both directions",
+              "circuit": "circuit"}
 
 st.title("History")
 history = History()
@@ -79,7 +80,7 @@ if not total:
 elif not runs:
     st.info(f"No run matches {ui.md_escape(repr(search))}. Clear the search to see all {total} runs.", icon=":material/search:")
 else:
-    st.caption(f"{len(runs)} of {total} runs" + (f" match the search" if search else "") + ", newest first.")
+    st.caption(f"{len(runs)} of {total} runs" + (" match the search" if search else "") + ", newest first.")
     table = pd.DataFrame([{"id": r.id, "created (UTC)": r.created.replace("T", " ")[:16], "title": title_of(r),
                            "kind": KIND_NAMES.get(r.kind, r.kind), "pairs": r.n_pairs, "model": r.model,
                            "metric": metric_words(r.metric), "seconds": round(r.seconds, 1), "from": r.source}
@@ -160,13 +161,24 @@ if ss.get("hist_confirm_delete") == rec.id:
 tab_result, tab_compare = st.tabs(["Result", "Compare with another run"])
 with tab_result:
     try:
-        ui.show_result(result, SLOT, cell_key="hist_cell", run_id=rec.id)
+        if getattr(result, "kind", "") == "circuit":  # the Circuit page's viewer (ui/circuit_view.py)
+            from ui.circuit_view import show_circuit
+            show_circuit(result, f"{SLOT}{rec.id}", model=ui.auto_model() if ui.is_loaded() else None,
+                         run_id=rec.id)
+        elif isinstance(result, PatchSetResult):  # sites together, a hypothesis check's run, a path group
+            from ui.paths import show_set
+            show_set(result, SLOT)
+        else:  # single pairs and datasets: the one result viewer
+            ui.show_result(result, SLOT, cell_key="hist_cell", run_id=rec.id)
     except Exception as exc:  # noqa: BLE001
         ui.show_error(exc)
 
 with tab_compare:
     others = [i for i in options if i != rec.id]
-    if not others:
+    if getattr(result, "kind", "") == "circuit":
+        st.info("Comparing is for patching runs. To compare two circuits, open each one.",
+                icon=":material/compare:")
+    elif not others:
         st.info("There is no other run to compare with" + (" (clear the search to see all runs)." if search
                                                           else "."), icon=":material/compare:")
     else:

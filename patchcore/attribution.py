@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .backends.hooks import _first
+from .backends.shortcuts import _first
 from .engine import run_cells
 from .metrics import check_metric, compute_metric, top_tokens
 from .models import LoadedModel

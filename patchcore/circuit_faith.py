@@ -24,7 +24,7 @@ from contextlib import ExitStack
 import numpy as np
 import torch
 
-from .backends.hooks import _first, _get_hidden
+from .backends.shortcuts import _first, _get_hidden
 from .ablations import RefSet, ioi_reference
 from .circuit_graph import Graph, build_graph, norms
 from .circuit_trace import HEAD, QKV, Prefix, _logits_kw, maps, sender_outputs, trace
@@ -240,14 +240,14 @@ def circuit_faithfulness(model, result, ks, *, pairs=None, reference: RefSet | N
     added: they normalise), on the result's own pairs unless others are given; the result's
     direction, metric and ablation (mean: over the pairs' prompts unless `reference` is given).
     Returns [{edges, faithfulness, metric}] with k ascending."""
-    from .interventions import _prepare
+    from .interventions import prepare_pairs
     d = get_direction(result.direction)
     graph = build_graph(model)
     if (graph.n_layers, graph.n_heads, graph.n_kv_heads, graph.parallel) != (
             result.n_layers, result.n_heads, result.n_kv_heads, result.parallel_residual):
         raise SweepError("This circuit was found on another model; load that model to measure it.",
                          field="model")
-    prepared = _prepare(model, pairs if pairs is not None else
+    prepared = prepare_pairs(model, pairs if pairs is not None else
                         [PromptPair(*(p[k] for k in ("clean", "corrupted", "answer", "wrong"))) for p in result.pairs])
     es, er = graph.edges()
     index = {(s, r): i for i, (s, r) in enumerate(zip(es.tolist(), er.tolist()))}

@@ -41,7 +41,7 @@ from .circuit_result import CircuitResult
 from .circuit_trace import Prefix, receiver_grads, sender_outputs, trace
 from .engine import batch_rows, make_backend, run_batch
 from .errors import SweepError
-from .interventions import _prepare
+from .interventions import prepare_pairs
 from .metrics import check_metric, compute_metric, from_readout
 from .paths import MLP_IN
 from .results import stamp
@@ -163,7 +163,7 @@ def run_circuit(model, pairs, method: str = "eap", *, steps: int = DEFAULT_STEPS
     _check_args(method, steps, ablation, edges, check_top)
     steps = int(steps) if method == "eap-ig" else 1
     graph = build_graph(model)
-    prepared = _prepare(model, pairs)
+    prepared = prepare_pairs(model, pairs)
     reference = default_reference(model, ablation, d, prepared, reference)
     es, er = graph.edges()
     E, P = len(es), len(prepared)

@@ -203,20 +203,23 @@ def cmd_atp(args, model, outputs) -> int:
 
 
 def cmd_remote_sweep(args, outputs) -> int:
-    """One sweep on NDIF: weights stay on the server, two requests per sweep."""
-    from .cli_runs import is_dataset
+    """One sweep on NDIF: weights stay on the server, two requests per sweep (a dataset: two per
+    token length, every pair of that length in the same requests)."""
+    from .cli_runs import is_dataset, read_pairs_file, run_dataset_cli
     from .errors import SweepError
     from .backends.nnsight import make_remote_backend
     from .engine import run_sweep
     from .prompts import PromptPair
 
-    if is_dataset(args):
-        raise SweepError("Datasets (--ioi/--pairs) run locally only for now; drop --remote.")
     if args.model == "embedded" or args.model.endswith(".gguf"):
         raise SweepError("--remote needs a hub id that NDIF serves, e.g. meta-llama/Llama-3.1-8B.")
     status = None if args.quiet else (lambda state, what: print(f"NDIF: {state} {what or ''}",
                                                                  file=sys.stderr))
+    pairs_data = read_pairs_file(args.pairs) if args.pairs else None
     model, backend = make_remote_backend(args.model, revision=args.revision, on_status=status)
+    if is_dataset(args):
+        result = run_dataset_cli(args, model, _progress(args.quiet), pairs_data, backend=backend)
+        return finish(args, result, outputs, load_seconds=model.load_seconds)
     pair = PromptPair(args.clean, args.corrupted, args.answer, args.wrong)
     result = run_sweep(model, pair, args.sweep, args.direction, args.metric,
                        progress=_progress(args.quiet), backend=backend)

@@ -122,14 +122,14 @@ def load_dataset(args, model, pairs_data: bytes | None = None):
     return ds
 
 
-def run_dataset_cli(args, model, progress=None, pairs_data: bytes | None = None):
+def run_dataset_cli(args, model, progress=None, pairs_data: bytes | None = None, backend=None):
     """Build the dataset the flags ask for and run it. Returns a DatasetResult."""
     from .dataset_run import run_dataset
 
     ds = load_dataset(args, model, pairs_data)
     return run_dataset(model, ds, args.sweep, args.direction, args.metric, progress=progress,
                        n_boot=args.n_boot, seed=args.seed, batch_size=args.batch_size,
-                       length=args.length, ablation=args.ablation, draws=args.draws)
+                       length=args.length, ablation=args.ablation, draws=args.draws, backend=backend)
 
 
 def summary_lines(result) -> list[str]:

@@ -246,6 +246,8 @@ def _run(model, pairs, sweep, directions, metric, *, progress, cancel, on_wait, 
             rejected=[{"line": r.line, "reason": r.reason} for r in ds.rejected],
         )
         res.warnings.extend(_dataset_warnings(res))
+        if ab.caveat:
+            res.warnings.append(ab.caveat)
         out[d] = res
     for res in out.values():
         res.dataset["wall_seconds"] = wall

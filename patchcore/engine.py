@@ -262,6 +262,8 @@ def _add_control_rows(batch: Batch, cells: np.ndarray, own_target: list) -> None
     batch.prompt = np.concatenate([batch.prompt, np.zeros(c, dtype=np.int64)])
     batch.answer = np.concatenate([batch.answer, np.repeat(batch.answer[:1], c)])
     batch.wrong = np.concatenate([batch.wrong, np.repeat(batch.wrong[:1], c)])
+    if isinstance(batch.same_before, np.ndarray):   # the first pair's shared prefix
+        batch.same_before = np.concatenate([batch.same_before, np.repeat(batch.same_before[:1], c)])
 
 
 def run_sweep(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = "layer_pos",
@@ -297,9 +299,13 @@ def run_sweep(model: LoadedModel, pair: PromptPair | PreparedPair, sweep: str = 
                                     batch_size=batch_size, progress=progress, cancel=cancel,
                                     on_wait=on_wait, skip_lower=skip_lower,
                                     skip_unchanged=skip_unchanged, backend=backend)
-    return new_result(model, spec, direction, metric, values.reshape(spec.dims(c, n_tok)),
-                      base.clean_metric, base.corrupted_metric, prepared=prepared,
-                      seconds=time.perf_counter() - t0, forward_rows=facts["forward_rows"],
-                      batch_size=facts["batch_size"], backend=backend.name,
-                      clean_top=base.clean_top, corrupted_top=base.corrupted_top,
-                      ablation=ab.name, reference=facts["reference"], noise_floor=facts["noise_floor"])
+    result = new_result(model, spec, direction, metric, values.reshape(spec.dims(c, n_tok)),
+                        base.clean_metric, base.corrupted_metric, prepared=prepared,
+                        seconds=time.perf_counter() - t0, forward_rows=facts["forward_rows"],
+                        batch_size=facts["batch_size"], backend=backend.name,
+                        clean_top=base.clean_top, corrupted_top=base.corrupted_top,
+                        ablation=ab.name, reference=facts["reference"],
+                        noise_floor=facts["noise_floor"])
+    if ab.caveat:
+        result.warnings.append(ab.caveat)
+    return result

@@ -22,7 +22,7 @@ from .metrics import check_metric, from_readout, readout
 from .models import LoadedModel
 from .prompts import PreparedPair, PromptPair, prepare_pair
 from .results import PatchSetResult, result_warnings, stamp
-from .sites import Site, check_sites, get_direction, parse_sites
+from .sites import Site, check_positions, check_sites, get_direction, parse_sites
 from .stats import DEFAULT_LEVEL, DEFAULT_N_BOOT, mean_ci, normalized_ci
 
 
@@ -51,7 +51,7 @@ def complement_sites(sites: list[Site], components, n_tokens: int) -> list[Site]
     return out
 
 
-def _prepare(model: LoadedModel, pairs) -> list[PreparedPair]:
+def prepare_pairs(model: LoadedModel, pairs) -> list[PreparedPair]:
     if isinstance(pairs, (PromptPair, PreparedPair)):
         pairs = [pairs]
     items = getattr(pairs, "items", pairs)
@@ -143,7 +143,7 @@ def run_patch(model: LoadedModel, pairs, sites, direction: str = "denoise",
     d = get_direction(direction)
     check_metric(metric)
     ab = get_ablation(ablation)
-    prepared = _prepare(model, pairs)
+    prepared = prepare_pairs(model, pairs)
     dropped = []
     if ab.needs_dataset and len(prepared) > 1:   # resample draws from other pairs of one length
         count = {}
@@ -155,11 +155,7 @@ def run_patch(model: LoadedModel, pairs, sites, direction: str = "denoise",
         else list(sites)
     lengths = sorted({p.n_tokens for p in prepared})
     check_sites(sites, model.components, lengths[0])
-    if len(lengths) > 1 and any(s.pos >= 0 for s in sites):
-        raise SweepError(f"'{next(s for s in sites if s.pos >= 0)}' names a position, but the pairs "
-                         f"have different lengths ({lengths[0]}–{lengths[-1]} tokens), so positions "
-                         f"do not line up. Use pairs of one length, or sites without @POSITION.",
-                         field="sites")
+    check_positions(sites, lengths)
     listed = [str(s) for s in sites]
     if complement:
         sites = complement_sites(sites, model.components, lengths[0])

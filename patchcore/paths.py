@@ -32,11 +32,11 @@ from .ablations import DEFAULT_DRAWS, RefSet, get_ablation, join_notes, replacem
 from .backends.base import Backend, Batch, Writes
 from .engine import batch_rows, make_backend, run_batch
 from .errors import SweepError
-from .interventions import _prepare, pick_reference
+from .interventions import pick_reference, prepare_pairs
 from .metrics import check_metric, from_readout, readout
 from .models import LoadedModel
 from .results import DatasetResult, PatchSetResult, new_result, result_warnings, stamp
-from .sites import COMPONENTS, Component, Site, check_sites, get_direction, parse_sites
+from .sites import COMPONENTS, Component, Site, check_positions, check_sites, get_direction, parse_sites
 from .stats import DEFAULT_LEVEL, DEFAULT_N_BOOT, mean_ci, normalized_ci
 from .sweeps import get_sweep
 
@@ -95,7 +95,7 @@ def parse_receivers(text: str, components) -> str | list[Site]:
                 out.append(Site(COMPONENTS[kind], base.layer, head, base.pos))
         elif base.component is MLP and not sel:
             out.append(Site(MLP_IN, base.layer, -1, base.pos))
-        elif base.component.name in ("q", "k", "v") and not sel:
+        elif base.component.projection and not sel:
             out.append(base)
         else:
             raise SweepError(f"'{part}' is not a receiver. {RECEIVER_HELP}", field="receivers")
@@ -119,7 +119,7 @@ def _writes(comp, rows, sites_per_row, table, src_per_row) -> Writes | None:
 
 
 def _group(model, backend, group, sender_rows, receivers, direction, ablation, reference, draws, seed,
-           batch_size, cancel, on_wait):
+           batch_size, cancel, on_wait, progress=None):
     """Values (P, rows) for one length group of pairs, plus the baseline readout and a note."""
     d = get_direction(direction)
     P, R, L = len(group), len(sender_rows), model.components.n_layers
@@ -157,8 +157,12 @@ def _group(model, backend, group, sender_rows, receivers, direction, ablation, r
     wrong = np.array([group[p].wrong_id for p in pair_of])
     batch = Batch(targets, pair_of, writes, answer, wrong)
     bs = batch_size or batch_rows(model, targets.shape[1])
+    def stage(k: int, stages: int):   # progress(fraction of this group done) between batches
+        return (lambda done, total: progress((k + done / max(total, 1)) / stages)) if progress else None
+
     if isinstance(receivers, str):                 # logits or all: step 2's own output
-        got, _ = run_batch(model, batch, backend, bs, cancel=cancel, on_wait=on_wait)
+        got, _ = run_batch(model, batch, backend, bs, cancel=cancel, on_wait=on_wait,
+                           progress=stage(0, 1))
     else:
         layers = sorted({(s.component, s.layer) for s in receivers}, key=lambda x: (x[1], x[0].name))
         recorded: dict = {}
@@ -168,6 +172,8 @@ def _group(model, backend, group, sender_rows, receivers, direction, ablation, r
                 _, rec = backend.record(batch.subset(rows), layers)
             for key, v in rec.items():
                 recorded.setdefault(key, []).append(v.cpu())
+            if progress:
+                progress(0.5 * rows[-1] / n)
         recorded = {k: torch.cat(v) for k, v in recorded.items()}
         step3 = []
         for comp in {s.component for s in receivers}:
@@ -175,7 +181,7 @@ def _group(model, backend, group, sender_rows, receivers, direction, ablation, r
             cells = [[s.cell for s in receivers if s.component is comp]] * n
             step3.append(_writes(comp, range(n), cells, table, range(n)))
         got, _ = run_batch(model, Batch(targets, pair_of, step3, answer, wrong), backend, bs,
-                           cancel=cancel, on_wait=on_wait)
+                           cancel=cancel, on_wait=on_wait, progress=stage(1, 2))
     base = readout(logits, np.tile([p.answer_id for p in group], 2), np.tile([p.wrong_id for p in group], 2))
     return got, base, K, note
 
@@ -195,24 +201,28 @@ def run_path(model: LoadedModel, pairs, senders: str, receivers: str = "logits",
     check_metric(metric)
     ab = get_ablation(ablation)
     c = model.components
-    prepared = _prepare(model, pairs)
+    prepared = prepare_pairs(model, pairs)
     lengths = sorted({p.n_tokens for p in prepared})
     sender_rows, sweep, shape = parse_senders(senders, c)
     recv = parse_receivers(receivers, c)
-    check_sites([s for row in sender_rows for s in row] + ([] if isinstance(recv, str) else recv),
-                c, lengths[0])
+    every = [s for row in sender_rows for s in row] + ([] if isinstance(recv, str) else recv)
+    check_sites(every, c, lengths[0])
+    check_positions(every, lengths)
     reference = pick_reference(model, ab.name, d.name, prepared, reference)
     backend = make_backend(model, backend)
     t0 = time.perf_counter()
     R = len(sender_rows)
     values = np.empty((len(prepared), R))
     clean, corrupted = np.empty(len(prepared)), np.empty(len(prepared))
-    notes, rows_run = [], 0
+    notes, rows_run, total = [], 0, len(prepared) * R
     for i, T in enumerate(lengths):
         idx = [k for k, p in enumerate(prepared) if p.n_tokens == T]
         group = [prepared[k] for k in idx]
+        before = sum(1 for p in prepared if p.n_tokens < T) * R
+        step = (lambda f, before=before, size=len(idx) * R: progress(before + int(f * size), total)) \
+            if progress else None
         got, base, K, note = _group(model, backend, group, sender_rows, recv, d.name, ab.name,
-                                    reference, draws, seed, batch_size, cancel, on_wait)
+                                    reference, draws, seed, batch_size, cancel, on_wait, step)
         P = len(group)
         m = from_readout(metric, base.double()).numpy()
         clean[idx], corrupted[idx] = m[:P], m[P:]
@@ -220,8 +230,6 @@ def run_path(model: LoadedModel, pairs, senders: str, receivers: str = "logits",
         rows_run += 2 * P + len(got) * (1 if isinstance(recv, str) else 2)
         if note and note not in notes:
             notes.append(note)
-        if progress:
-            progress(i + 1, len(lengths))
     seconds = time.perf_counter() - t0
     recv_names = [recv] if isinstance(recv, str) else [str(s).replace("mlp_in", "mlp") for s in recv]
     path = {"senders": senders, "receivers": recv_names}

@@ -48,6 +48,11 @@ class Component:
     def per_head(self) -> bool:
         return bool(self.heads)
 
+    @property
+    def projection(self) -> bool:
+        """A query, key or value projection's output (a head's input)."""
+        return self.view in ("q", "k", "v")
+
     def module(self, components, layer: int) -> torch.nn.Module:
         return getattr(components, self.modules)[layer]
 
@@ -199,6 +204,16 @@ def parse_sites(text) -> list[Site]:
             raise SweepError(f"'{s}' is listed twice; list each site once.", field="sites")
         seen.add(str(s))
     return sites
+
+
+def check_positions(sites: list[Site], lengths: list[int]) -> None:
+    """Positions line up only across pairs of one token length: refuse a site with @POSITION
+    on pairs of several lengths, naming it."""
+    named = [s for s in sites if s.pos >= 0]
+    if len(set(lengths)) > 1 and named:
+        raise SweepError(f"'{named[0]}' names a position, but the pairs have different lengths "
+                         f"({min(lengths)}–{max(lengths)} tokens), so positions do not line up. "
+                         f"Use pairs of one length, or sites without @POSITION.", field="sites")
 
 
 def check_sites(sites: list[Site], components, n_tokens: int) -> list[Site]:

@@ -141,6 +141,10 @@ def summarize(r: PatchResult, top_k: int = 3) -> list[str]:
         out.append(f"Path patching: each cell is one sender's effect through {to}"
                    + (" (the direct path; every other head and MLP frozen)." if to == "logits" else
                       " (every other head and MLP frozen on the way)." if to != "all" else "."))
+        from .path_report import path_story   # the heads acting directly / through the receivers
+        told = path_story(r)
+        if told:
+            out.append(told)
     out.append(
         f"Baseline: with the clean prompt the {metric_words(r.metric)} is {r.clean_metric:+.3g}; with "
         f"the corrupted prompt it is {r.corrupted_metric:+.3g} (answer {p.answer!r}, wrong {p.wrong!r})."

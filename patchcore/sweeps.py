@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .sites import DIRECTIONS, COMPONENTS, Component, get_direction, lookup  # noqa: F401 (DIRECTIONS: part of this API)
+from .errors import SweepError
+from .sites import DIRECTIONS, COMPONENTS, Component, Site, get_direction, lookup  # noqa: F401 (DIRECTIONS: part of this API)
 
 
 @dataclass(frozen=True)
@@ -111,3 +112,32 @@ def get_sweep(name: str) -> SweepSpec:
 
 def check_direction(direction: str) -> str:
     return get_direction(direction).name
+
+
+def site_of(spec: SweepSpec | str, cell) -> Site:
+    """The site one heatmap cell patches, from its indices in `spec.axes` order.
+
+    layer_pos (l, p) -> resid:l@p; attn_pos / mlp_pos -> attn:l@p / mlp:l@p; head (l, h) ->
+    head:l.h; head_pos (l, p, h) -> head:l.h@p; head_q / head_k / head_v -> q / k / v:l.h (k and v
+    count key/value heads); head_pattern -> pattern:l.h; layer / attn / mlp (l,) -> resid:l /
+    attn:l / mlp:l. A path sweep's cells (sweep 'head' or 'mlp') are its senders."""
+    spec = get_sweep(spec) if isinstance(spec, str) else spec
+    try:
+        idx = tuple(int(i) for i in cell)
+    except (TypeError, ValueError):
+        idx = ()
+    if len(idx) != len(spec.axes) or any(i < 0 for i in idx):
+        raise SweepError(f"A cell of the {spec.name} sweep has {len(spec.axes)} numbers "
+                         f"({', '.join(spec.axes)}), each 0 or more; got {cell!r}.", field="sites")
+    at = dict(zip(spec.axes, idx))
+    return Site(spec.component, at["layer"], at.get(spec.head_axis, -1), at.get("position", -1))
+
+
+def cell_of(spec: SweepSpec | str, site: Site) -> tuple[int, ...] | None:
+    """The heatmap cell of `site` in this sweep (site_of's inverse), or None if it has none."""
+    spec = get_sweep(spec) if isinstance(spec, str) else spec
+    if site.component is not spec.component or (site.head >= 0) != spec.per_head \
+            or (site.pos >= 0) != spec.per_position:
+        return None
+    at = {"layer": site.layer, "position": site.pos, spec.head_axis: site.head}
+    return tuple(at[a] for a in spec.axes)

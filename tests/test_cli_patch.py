@@ -101,3 +101,13 @@ def test_sweep_takes_an_ablation(tiny_folder, capsys, tmp_path, db):
     got = json.loads((tmp_path / "z.json").read_text())
     assert got["ablation"] == "zero" and got["axes"] == ["layer", "kv_head"]
     assert np.array(got["values"]).shape == (3, 2)
+
+
+def test_a_remote_dataset_is_accepted_and_asks_for_the_key(capsys, monkeypatch, db):
+    """Datasets go to NDIF too (two requests per token length): with no key the command says
+    what to do, after the flags were accepted."""
+    from nnsight import CONFIG
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    monkeypatch.setattr(CONFIG.API, "APIKEY", None)
+    code, out, err = run_main(capsys, "sweep", "--remote", "--model", "org/some-model", "--ioi", "2")
+    assert code == 2 and "API key" in err and "locally only" not in err

@@ -257,14 +257,16 @@ def learn(model, kind: str, estimate_now, job: Job, actual: float) -> None:
 
 
 def start_sweep(slot: str, model, pair: PromptPair, sweep: str, direction: str, metric: str,
-                save: bool = False) -> Job:
-    """One patchcore.run_sweep in the background; with `save`, the result goes into the run history."""
+                save: bool = False, ablation: str = "corrupted") -> Job:
+    """One patchcore.run_sweep in the background; with `save`, the result goes into the run history.
+    `ablation`: what each patch writes (patchcore.ablations)."""
     prepared = prepare_pair(model.tokenizer, pair)  # pages check first; PairError says what is wrong
     batch_size = ui_batch_size(model, prepared.n_tokens, sweep)
 
     def work(**callbacks):
         calibrated(callbacks["cancel"])
-        return run_sweep(model, prepared, sweep, direction, metric, batch_size=batch_size, **callbacks)
+        return run_sweep(model, prepared, sweep, direction, metric, batch_size=batch_size,
+                         ablation=ablation, **callbacks)
 
     def done(result, job):
         if save:
@@ -272,10 +274,11 @@ def start_sweep(slot: str, model, pair: PromptPair, sweep: str, direction: str, 
             job.notes.append(save_result(result, {
                 "model": spec.name, "device": spec.device, "dtype": spec.dtype,
                 "revision": spec.revision, "pair": pair.to_dict(), "sweep": sweep,
-                "direction": direction, "metric": metric})[1])
-        learn(model, "sweep", lambda: estimate.estimate_seconds(
-            model, prepared.n_tokens, sweep, batch_size=batch_size, first_diff=prepared.first_diff),
-            job, result.seconds)
+                "direction": direction, "metric": metric, "ablation": ablation})[1])
+        if ablation == "corrupted":  # the estimate times the plain patch
+            learn(model, "sweep", lambda: estimate.estimate_seconds(
+                model, prepared.n_tokens, sweep, batch_size=batch_size, first_diff=prepared.first_diff),
+                job, result.seconds)
 
     return start_job(slot, plan(model, prepared.n_tokens, sweep)["patches"], work, on_done=done)
 

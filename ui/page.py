@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FAVICON = "🧪"
 ICONS = {"Home": ":material/home:", "Model": ":material/memory:", "Prompts": ":material/edit_note:",
          "Patching": ":material/grid_on:", "Datasets": ":material/dataset:",
-         "History": ":material/history:", "Guide": ":material/menu_book:"}
+         "History": ":material/history:", "Paths": ":material/route:", "Circuit": ":material/account_tree:",
+         "Guide": ":material/menu_book:"}
 
 
 def page(title: str, icon: str | None = None) -> None:

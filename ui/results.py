@@ -274,3 +274,7 @@ def show_result(result, slot: str, cell_key: str = "cell", run_id: int | None = 
         for r in rs]).resolve_scale(color="independent")
     _downloads(result, export, slot)
     ui_patterns.panel(result, slot, idx if _valid(first, idx) else None, model)
+
+    # the hypothesis check: clicked cells become a selection, tested together (ui/hypothesis.py)
+    from ui import hypothesis
+    hypothesis.panel(result, slot, [f"chart_{slot}" + (f"_{r.direction}" if both else "") for r in rs])

@@ -12,9 +12,9 @@ import re
 import streamlit as st
 from streamlit import config as st_config
 
-from patchcore import DEFAULT_PAIR, DIRECTIONS, METRICS, SWEEPS, PromptPair
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from patchcore import DEFAULT_PAIR, DIRECTIONS, METRICS, SWEEPS, PatchError, PromptPair
 from patchcore.access import link_model_problem
 from patchcore.ioi import CORRUPTIONS, MAX_IOI_PAIRS, TEMPLATE_SETS
 from patchcore.models import DTYPES, EMBEDDED
@@ -50,6 +50,39 @@ DIRECTION_SETS = ("both", "denoise", "noise")
 URL_NAMES = {"view": {"normalized": "normalized", "value": "raw"}}
 
 
+# -- the hypothesis check (ui/hypothesis.py), the Paths page (pages/6_Paths.py), the ablation --
+# sites: the selected sites, comma-separated; senders/receivers: patchcore.paths notation
+HYPOTHESIS_DEFAULTS = {"sites": "", "senders": "head:*", "receivers": "logits", "ablation": "corrupted"}
+DEFAULTS.update(HYPOTHESIS_DEFAULTS)
+MAX_SITES = 100
+
+
+def _valid_hypothesis(key: str, raw: str) -> tuple[object, str | None]:
+    from patchcore.ablations import ABLATIONS
+    from patchcore.path_report import receivers_problem, senders_problem
+    from patchcore.sites import parse_sites
+    d = DEFAULTS[key]
+    if key == "ablation":
+        return (raw, None) if raw in ABLATIONS else (d, f"choose one of {', '.join(ABLATIONS)}")
+    if key == "senders":
+        problem = senders_problem(raw)
+        return (d, problem) if problem else (raw.strip(), None)
+    if key == "receivers":
+        problem = receivers_problem(raw)
+        return (d, problem) if problem else (raw.strip(), None)
+    if len(raw) > 20 * MAX_SITES:
+        return d, f"longer than {20 * MAX_SITES} characters"
+    if not raw.strip():
+        return d, None
+    try:
+        sites = parse_sites(raw)
+    except PatchError as exc:
+        return d, exc.message.split(" Write sites")[0]
+    if len(sites) > MAX_SITES:
+        return d, f"more than {MAX_SITES} sites"
+    return ",".join(str(s) for s in sites), None
+
+
 MODEL_KEYS = ("model", "device", "dtype", "revision")
 PAIR_KEYS = ("clean", "corrupted", "answer", "wrong")
 EXPERIMENT_KEYS = MODEL_KEYS + PAIR_KEYS + ("sweep", "direction", "metric", "cell", "view")
@@ -60,8 +93,10 @@ PAGE_KEYS = {
     "Home": (), "Guide": (), "History": (),
     "Model": MODEL_KEYS,
     "Prompts": MODEL_KEYS + PAIR_KEYS + ("metric",),
-    "Patching": EXPERIMENT_KEYS,
-    "Datasets": MODEL_KEYS + DATASET_KEYS,
+    "Patching": EXPERIMENT_KEYS + ("ablation", "sites"),
+    "Datasets": MODEL_KEYS + DATASET_KEYS + ("ablation", "sites"),
+    "Paths": MODEL_KEYS + PAIR_KEYS + ("direction", "metric", "ablation", "senders", "receivers"),
+    "Circuit": MODEL_KEYS + PAIR_KEYS + ("direction", "metric"),
 }
 
 
@@ -85,6 +120,8 @@ def _valid(key: str, raw: str) -> tuple[object, str | None]:
     d = DEFAULTS[key]
     if "\x00" in raw:
         return d, "contains a NUL character"
+    if key in HYPOTHESIS_DEFAULTS:
+        return _valid_hypothesis(key, raw)
     if key == "model":  # the embedded model or a hub id; never a path, nor a folder here like 'docs'
         problem = link_model_problem(raw)
         return (d, problem) if problem else (raw, None)

@@ -25,19 +25,17 @@ rounding; tests/test_fast_paths.py checks every family, sweep and direction):
   position) corner, chosen by planner.plan_groups over a cost model.
 
 The first use on a model checks each shortcut against a plain forward on a random
-prompt (HookBackend.support); one that does not hold for a family (or fails) is
+prompt (shortcuts.check_shortcuts); one that does not hold for a family (or fails) is
 left out for that model, and the plain computation runs instead.
 """
 from __future__ import annotations
 
 import inspect
-import weakref
 from contextlib import ExitStack
 
 import numpy as np
 import torch
 
-from .. import machine_cache
 from ..attention import pattern_hooks
 from ..models import LoadedModel
 from ..planner import CALIBRATED_COSTS, CostModel, Group, cost_model, plan_groups
@@ -45,81 +43,8 @@ from ..sites import Component
 from ..metrics import readout
 from .base import Backend, Batch
 from .prefix_cache import cache_of, slice_cache, stack_caches, widen_cache
-
-
-def _first(output):
-    return output if isinstance(output, torch.Tensor) else output[0]
-
-
-def _replace_first(output, new):
-    if isinstance(output, torch.Tensor):
-        return new
-    return (new,) + tuple(output[1:])
-
-
-def _get_hidden(args, kwargs):
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _set_hidden(args, kwargs, new):
-    if args:
-        return (new,) + tuple(args[1:]), kwargs
-    kwargs = dict(kwargs)
-    kwargs["hidden_states"] = new
-    return args, kwargs
-
-
-def apply_writes(x: torch.Tensor, component: Component, components, groups, offset: int = 0,
-                 copy_x: bool = True) -> torch.Tensor:
-    """x (B, t, W) with the writes of one module applied, positions offset.. (cached prefix);
-    patterns: x (B, heads, t, T).
-
-    groups: [(all_pos, all_head, rows, pos, heads, src, table)], index tensors of equal
-    length; table (S, T, W) holds the values (row src[j] of it goes into row rows[j])."""
-    if copy_x:
-        x = x.clone(memory_format=torch.contiguous_format)
-    x4 = component.heads_view(x, components)
-    for all_pos, all_head, rows, pos, heads, src, table in groups:
-        s4 = component.heads_view(table.to(device=x.device, dtype=x.dtype), components)[:, offset:]
-        rows, src = rows.to(x.device), src.to(x.device)
-        if all_pos:
-            if all_head:
-                x4[rows] = s4[src]
-            else:
-                heads = heads.to(x.device)
-                x4[rows, :, heads] = s4[src, :, heads]
-            continue
-        pos = pos.to(x.device) - offset
-        if all_head:
-            x4[rows, pos] = s4[src, pos]
-        else:
-            heads = heads.to(x.device)
-            x4[rows, pos, heads] = s4[src, pos, heads]
-    return x
-
-
-SHORTCUTS = ("prefix", "sliced", "skip", "head", "last_mlp")
-# per transformers model: which shortcuts were checked to hold (see HookBackend.support)
-_SUPPORT: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def _override_forward(stack: ExitStack, module: torch.nn.Module, forward) -> None:
-    """Until the stack closes, calling `module` runs `forward` instead of its own."""
-    had = "forward" in module.__dict__
-    old = module.__dict__.get("forward")
-    module.forward = forward
-
-    def restore():
-        if had:
-            module.forward = old
-        else:
-            del module.forward
-    stack.callback(restore)
-
-
-def _skip_block(stack: ExitStack, block: torch.nn.Module, output: torch.Tensor) -> None:
-    """Until the stack closes, calling `block` returns `output` without computing anything."""
-    _override_forward(stack, block, lambda *args, **kwargs: output)
+from .shortcuts import (_SUPPORT, _first, _get_hidden, _replace_first, _set_hidden, _skip_block,
+                        apply_writes, capture_head, check_shortcuts, last_position_mlp)
 
 
 class HookBackend(Backend):
@@ -224,110 +149,25 @@ class HookBackend(Backend):
         out = self.hf(input_ids=ids[:p0].view(1, -1).to(self.model.device),
                       **{**self._kw, "use_cache": True})
         return cache_of(out)
-
     def support(self, check: bool = True) -> dict | None:
-        """Which shortcuts hold on this model, checked once per model on a random prompt.
-
-        prefix: a prompt run as prefix (cached keys/values) + rest equals one forward;
-        sliced: the prefix cache may be cut from the whole prompt's cache (no sliding
-        window), so no prefix runs are needed; skip: blocks may be replaced by the base
-        run's outputs; head: the logits are the unembedding of the last hidden state and
-        nothing else (no final soft-capping), so the forwards of a batch can share one
-        unembedding. check=False: None when not checked yet.
-        """
+        """Which exact shortcuts hold on this model (shortcuts.check_shortcuts; once per model).
+        check=False: None when not checked yet."""
         sup = _SUPPORT.get(self.hf)
         if sup is not None or not check:
             return sup
-        key = machine_cache.model_key(self.model, "support")
-        known = machine_cache.get("support", key)
-        if isinstance(known, dict) and set(known) == set(SHORTCUTS):
-            _SUPPORT[self.hf] = known
-            return known
-        sup = dict.fromkeys(SHORTCUTS, False)
-        with torch.inference_mode():
-            g = torch.Generator().manual_seed(0)
-            ids = torch.randint(0, self.c.vocab_size, (12,), generator=g)
-            try:
-                states, full_cache, full = self._base_run(ids)
-            except Exception:  # noqa: BLE001
-                _SUPPORT[self.hf] = sup
-                return sup
-            tol = (1e-3 if self.model.dtype == torch.float32 else 5e-2) * (1 + full.abs().max().item())
-            try:   # in low precision the same prompt in a batch of two is already off by this much
-                twin = self._forward(ids.view(1, -1).expand(2, -1))[1:]
-                tol = max(tol, 4 * (full - twin).abs().max().item())
-            except Exception:  # noqa: BLE001
-                pass
-
-            def same(run) -> bool:
-                try:
-                    got = run()
-                    return bool(torch.isfinite(full).all()) and (full - got).abs().max().item() <= tol
-                except Exception:  # noqa: BLE001 - this family's code path differs: no shortcut
-                    return False
-
-            def with_cache(cache):
-                return lambda: self._forward(ids[7:].view(1, -1), use_cache=True,
-                                             **{self._cache_kw: widen_cache(cache, 1, 0)})
-
-            if self._cache_kw is not None:
-                sup["prefix"] = same(with_cache(self._prefix_run(ids, 7)))
-                sliced = slice_cache(full_cache, 7)
-                sup["sliced"] = sup["prefix"] and sliced is not None and same(with_cache(sliced))
-
-            def skipped():
-                with ExitStack() as stack:
-                    for i in range(self.c.n_layers // 2 + 1):
-                        _skip_block(stack, self.c.blocks[i], states[i].clone())
-                    return self._forward(ids.view(1, -1))
-            sup["skip"] = same(skipped)
-
-            def late_head():
-                with ExitStack() as stack:
-                    h = self._capture_head(stack)
-                    self._forward(ids.view(1, -1))
-                return self._unembed(h)
-            sup["head"] = same(late_head)
-
-            def last_mlp():
-                with ExitStack() as stack:
-                    self._last_position_mlp(stack)
-                    return self._forward(ids.view(1, -1))
-            sup["last_mlp"] = same(last_mlp)
-        _SUPPORT[self.hf] = sup
-        machine_cache.put("support", key, sup)
-        return sup
+        return check_shortcuts(self)
 
     def _last_position_mlp(self, stack: ExitStack) -> None:
-        """Until the stack closes, the last block's MLP runs on the last position only (its
-        other positions feed nothing: only the last position's logits are read) and gives
-        zeros elsewhere. Exact for the logits; checked per model in support()."""
-        mlp = self.c.mlp[-1]
-        forward = type(mlp).forward
-
-        def last_only(x, *args, **kwargs):
-            out = forward(mlp, x[:, -1:], *args, **kwargs)
-            full = out.new_zeros(x.shape[:-1] + out.shape[-1:])
-            full[:, -1:] = out
-            return full
-        _override_forward(stack, mlp, last_only)
+        last_position_mlp(stack, self.c)
 
     def _capture_head(self, stack: ExitStack) -> list:
-        """Until the stack closes, the unembedding records its input and returns zeros."""
-        got: list = []
-
-        def capture(h, *args, **kwargs):
-            got.append(h)
-            return h.new_zeros(1, 1, 1).expand(h.shape[0], h.shape[1], self.c.vocab_size)
-        _override_forward(stack, self.c.unembed, capture)
-        return got
+        return capture_head(stack, self.c)
 
     def _unembed(self, hidden) -> torch.Tensor:
         """Last-position logits from captured unembedding inputs (one or a list)."""
         h = torch.cat(hidden, 0) if isinstance(hidden, list) else hidden
         return self.c.unembed(h)[:, -1, :]
 
-    # -- planning ------------------------------------------------------------
     def _fast(self, batch: Batch) -> bool:
         return bool(batch.skip_lower) and (self.reuse_prefix or self.group)
 
@@ -410,15 +250,16 @@ class HookBackend(Backend):
         logsumexp (batch.need_lse False) gets the answer's and wrong token's logits alone: two
         rows of the unembedding per batch row instead of the whole vocabulary."""
         head = self.c.unembed
-        if batch.need_lse or not isinstance(head, torch.nn.Linear):
+        if batch.need_lse or not isinstance(head, torch.nn.Linear) or head.weight.device.type == "meta":
+            # (an offloaded head keeps its weights on 'meta' until its own call loads them)
             return self._readout(self._unembed(hidden), batch)
         h = hidden[:, -1, :]
         dev = head.weight.device
         a, w = torch.as_tensor(batch.answer, device=dev), torch.as_tensor(batch.wrong, device=dev)
-        la = (h * head.weight[a].to(h.dtype)).sum(-1).float()
-        lw = (h * head.weight[w].to(h.dtype)).sum(-1).float()
+        la = (h * head.weight[a].to(h.device, h.dtype)).sum(-1).float()
+        lw = (h * head.weight[w].to(h.device, h.dtype)).sum(-1).float()
         if head.bias is not None:
-            la, lw = la + head.bias[a].float(), lw + head.bias[w].float()
+            la, lw = la + head.bias[a].to(h.device).float(), lw + head.bias[w].to(h.device).float()
         return torch.stack([la, lw, torch.full_like(la, float("nan"))], dim=1)
 
     def record(self, batch: Batch, sites: list):
