@@ -192,9 +192,9 @@ def test_the_chosen_ablation_is_what_the_sweep_writes(embedded):
 def test_on_a_dataset_the_check_runs_on_its_pairs_with_intervals(embedded, single_thread):
     at = open_app()
     at.switch_page("pages/4_Datasets.py").run()
-    at.number_input(key="ds_n").set_value(4).run()
-    at.selectbox(key="ds_sweep").select("mlp").run()
-    at.radio(key="ds_directions").set_value("denoise").run()
+    at.number_input(key="w_ds_n").set_value(4).run()
+    at.selectbox(key="w_ds_sweep").select("mlp").run()
+    at.radio(key="w_ds_directions").set_value("denoise").run()
     at.button(key="ds_run").click().run()
     wait_for_job(at, "dataset")
     no_exception(at)

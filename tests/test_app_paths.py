@@ -147,7 +147,7 @@ def test_on_the_current_dataset(embedded, single_thread):
     at.radio(key="w_paths_on").set_value("dataset").run()
     assert any("No dataset in this session yet" in i.value for i in at.info) and at.button(key="run_paths").disabled
     at.switch_page("pages/4_Datasets.py").run()
-    at.number_input(key="ds_n").set_value(3).run()
+    at.number_input(key="w_ds_n").set_value(3).run()
     ds = at.session_state["_ds_ioi"]
     at.switch_page(PATHS).run()
     at.radio(key="w_paths_on").set_value("dataset").run()
