@@ -6,6 +6,7 @@ import ui
 from ui import remote as ui_remote
 from ui import datasets as uid
 from patchcore import METRICS, SWEEPS
+from patchcore.ablations import ABLATIONS
 from patchcore.dataset_run import estimate_dataset_seconds, plan_dataset
 from patchcore.datasets import for_sweep, length_groups
 from patchcore.ioi import CORRUPTIONS, MAX_IOI_PAIRS, ROLE_HELP, TEMPLATE_SETS, generate_ioi
@@ -93,6 +94,14 @@ directions = c2.radio("Directions", list(uid.DIRECTION_CHOICES), format_func=uid
                       **ui.bind("w_ds_directions", "directions"))
 metric = c3.selectbox("Metric", list(METRICS), **ui.bind("w_ds_metric", "ds_metric"),
                       format_func=lambda m: ui.metric_name(m).capitalize())
+a1, a2 = st.columns([1, 2])
+ablation = a1.selectbox(
+    "What a patch writes (ablation)", list(ABLATIONS), format_func=lambda a: ABLATIONS[a].title,
+    **ui.bind("w_ds_ablation", "ablation"),
+    help="\n\n".join(f"**{ui.md_escape(a.title)}**: {ui.md_escape(a.help)}" for a in ABLATIONS.values()))
+a2.caption(ABLATIONS[ablation].help)
+if ABLATIONS[ablation].caveat:
+    a2.warning(ui.md_escape(ABLATIONS[ablation].caveat), icon=":material/warning:")
 with st.expander("Statistics"):
     n_boot = int(st.number_input("Bootstrap resamples", 200, 20000, 1000, step=100, key="ds_n_boot",
                                  help="More resamples give steadier interval ends; 1,000 is usual."))
@@ -150,10 +159,11 @@ if st.button("Run dataset", type="primary", icon=":material/play_arrow:", key="d
              disabled=busy or runnable is None or not len(runnable)):
     try:
         settings = {"page": "datasets", "sweep": sweep, "directions": directions, "metric": metric,
-                    "n_boot": n_boot, "seed": seed, "model": ss["model"], **runnable.settings}
+                    "ablation": ablation, "n_boot": n_boot, "seed": seed, "model": ss["model"],
+                    **runnable.settings}
         total = plan_dataset(model, runnable, sweep, 2 if directions == "both" else 1)["patches"]
         uid.start_dataset_job(SLOT, model, runnable, sweep, directions, metric, n_boot=n_boot, seed=seed,
-                              length=None, total=total, settings=settings)
+                              length=None, total=total, settings=settings, ablation=ablation)
     except Exception as exc:  # noqa: BLE001
         ui.show_error(exc)
 

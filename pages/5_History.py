@@ -183,7 +183,8 @@ with tab_compare:
                                                           else "."), icon=":material/compare:")
     else:
         st.caption("Run A is the open run; run B is the one you pick. The heatmap shows A − B per cell. "
-                   "Both runs need the same sweep and table shape (IOI datasets are matched by role).")
+                   "Both runs need the same sweep and table shape; IOI datasets, and a single IOI pair beside "
+                   "an IOI dataset, are matched by role (S1, IO, S2, END).")
         c = st.columns(3)
         other = c[0].selectbox("Run B", [None] + others, key="hist_compare",
                                format_func=lambda i: "— choose a run —" if i is None else run_label(by_id[i]))

@@ -1,7 +1,7 @@
 """Compare two stored runs cell by cell (the History page's difference heatmap)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -38,19 +38,61 @@ def pick(result, direction: str | None = None) -> PatchResult:
     return result
 
 
+def _role_aligned(r) -> bool:
+    return getattr(r, "aligned_by", "position") == "role"
+
+
+def by_role(r: PatchResult, roles: list[str]) -> PatchResult:
+    """A single IOI pair's result with its positions averaged role by role, as IOI datasets are,
+    in the order `roles` (a role the pair lacks is NaN). CompareError if its names are not found."""
+    from .dataset_run import average_by_role, role_matrix
+    from .ioi import roles_from_tokens
+    mine = roles_from_tokens(list(r.tokens), r.pair.answer, r.pair.wrong)
+    if mine is None:
+        raise CompareError(
+            f"The single pair ({r.pair.clean!r}) cannot be lined up with an IOI dataset by role: its "
+            f"answer {r.pair.answer!r} should appear once and its wrong answer {r.pair.wrong!r} twice "
+            f"in the clean prompt, as in IOI prompts. Compare it with a run of the same prompt length.")
+    values = average_by_role(r.values, tuple(r.axes), role_matrix(mine, list(roles)))
+    missing = [i for i, role in enumerate(roles) if role not in mine]
+    if missing:
+        values = np.moveaxis(values, list(r.axes).index("position"), -1).copy()
+        values[..., missing] = np.nan
+        values = np.moveaxis(values, -1, list(r.axes).index("position"))
+    diff = sorted({roles.index(mine[p]) for p in r.diff_positions if mine[p] in roles})
+    return replace(r, values=values, tokens=list(roles), diff_positions=diff, corrupted_tokens=[])
+
+
+def _line_up(ra, rb, notes: list) -> tuple:
+    """A single IOI pair beside an IOI dataset (positions by role): the pair averaged by role."""
+    if "position" not in ra.axes or _role_aligned(ra) == _role_aligned(rb):
+        return ra, rb
+    if getattr(rb if _role_aligned(ra) else ra, "n_pairs", 1) > 1:   # two datasets: the shape check says
+        return ra, rb
+    if _role_aligned(ra):
+        rb = by_role(rb, list(ra.tokens))
+    else:
+        ra = by_role(ra, list(rb.tokens))
+    notes.append("Positions are matched by role (S1, IO, S2, END, ...): the single pair's positions were "
+                 "averaged role by role, as the dataset's are.")
+    return ra, rb
+
+
 def compare(a, b, value: str = "normalized", direction: str | None = None) -> Comparison:
-    """a - b per cell. Both runs need the same sweep and the same table shape."""
+    """a - b per cell. Both runs need the same sweep and the same table shape; a single IOI pair
+    and an IOI dataset (positions by role) are lined up by role."""
     ra, rb = pick(a, direction), pick(b, direction)
     if value not in ("normalized", "value"):
         raise CompareError("Compare 'normalized' scores or raw 'value's.")
     if ra.sweep != rb.sweep or tuple(ra.axes) != tuple(rb.axes):
         raise CompareError(f"These runs used different sweeps ({ra.sweep} vs {rb.sweep}), so their cells "
                            f"do not correspond. Pick two runs of the same sweep.")
+    notes = []
+    ra, rb = _line_up(ra, rb, notes)
     if ra.values.shape != rb.values.shape:
         raise CompareError(f"These runs have tables of different shapes ({_shape(ra)} vs {_shape(rb)}): "
                            f"different models or prompt lengths. Pick runs with the same model and "
                            f"token length (or IOI datasets, which are matched by role).")
-    notes = []
     if ra.model != rb.model:
         notes.append(f"Different models: {ra.model} vs {rb.model}.")
     if ra.metric != rb.metric:

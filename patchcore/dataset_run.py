@@ -39,7 +39,7 @@ def _as_dataset(pairs, model: LoadedModel) -> PairDataset:
     return pairs_from_list(list(pairs), model.tokenizer)
 
 
-def _role_matrix(roles: list[str], order: list[str]) -> np.ndarray:
+def role_matrix(roles: list[str], order: list[str]) -> np.ndarray:
     """(T, R) matrix that averages the positions of each role."""
     m = np.zeros((len(roles), len(order)))
     for t, r in enumerate(roles):
@@ -49,7 +49,7 @@ def _role_matrix(roles: list[str], order: list[str]) -> np.ndarray:
     return m / np.where(counts > 0, counts, 1.0)
 
 
-def _by_role(values: np.ndarray, axes: tuple, mat: np.ndarray) -> np.ndarray:
+def average_by_role(values: np.ndarray, axes: tuple, mat: np.ndarray) -> np.ndarray:
     p = axes.index("position")
     v = np.moveaxis(values, p, -1) @ mat
     return np.moveaxis(v, -1, p)
@@ -171,7 +171,7 @@ def _run(model, pairs, sweep, directions, metric, *, progress, cancel, on_wait, 
                          f"{MAX_DATASET_PATCHES:,}. Use fewer pairs or a coarser sweep.", field="sweep")
     if by_role:
         order = role_order([it.roles for it in ds.items])
-        mats = [_role_matrix(it.roles, order) for it in ds.items]
+        mats = [role_matrix(it.roles, order) for it in ds.items]
         labels, aligned = order, "role"
     elif spec.per_position:
         labels, aligned = _labels(prepared), "position"
@@ -214,7 +214,7 @@ def _run(model, pairs, sweep, directions, metric, *, progress, cancel, on_wait, 
             done += values.size
             for k, v, b in zip(idx, values, bases):
                 v = v.reshape(spec.dims(c, b.prepared.n_tokens))
-                per[d][k] = _by_role(v, spec.axes, mats[k]) if by_role else v
+                per[d][k] = average_by_role(v, spec.axes, mats[k]) if by_role else v
                 clean[k], corrupted[k] = b.clean_metric, b.corrupted_metric
     wall = time.perf_counter() - t_all
 

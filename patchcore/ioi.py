@@ -139,12 +139,29 @@ def ioi_roles(tokenizer, text: str, ids: list[int], name_spans) -> list[str] | N
         where[role] = i
     if not all(r in where for r in ("S1", "IO", "S2")):
         return None
+    return _roles_at(len(ids), where)
+
+
+def roles_from_tokens(tokens: list[str], io: str, s: str) -> list[str] | None:
+    """Role labels of one IOI-like pair's positions from its clean tokens alone (a stored single
+    result): IO is the answer's name, found once; S the wrong answer's name, found twice (S1, S2).
+    None when the names are not found like that."""
+    io, s = io.strip(), s.strip()
+    io_at = [i for i, t in enumerate(tokens) if t.strip() == io]
+    s_at = [i for i, t in enumerate(tokens) if t.strip() == s]
+    if not io or not s or io == s or len(io_at) != 1 or len(s_at) != 2:
+        return None
+    return _roles_at(len(tokens), {"S1": s_at[0], "IO": io_at[0], "S2": s_at[1]})
+
+
+def _roles_at(n: int, where: dict) -> list[str] | None:
+    """Role label of each of n positions given the S1, IO and S2 positions (None: not in IOI order)."""
     first, second = sorted((where["S1"], where["IO"]))
-    s2, end = where["S2"], len(ids) - 1
+    s2, end = where["S2"], n - 1
     if not (first < second < s2 < end):
         return None
     roles = []
-    for i in range(len(ids)):
+    for i in range(n):
         if i == end:
             roles.append("END")
         elif i in (where["S1"], where["IO"], s2):

@@ -10,6 +10,7 @@ from patchcore.ioi import generate_ioi
 from patchcore.engine import run_sweep
 from patchcore.history import History
 from patchcore.prompts import PromptPair
+from tiny import tiny_model
 
 DATASETS = "pages/4_Datasets.py"
 HISTORY = "pages/5_History.py"
@@ -73,8 +74,38 @@ def test_datasets_page_runs_ioi_both_directions(data_dir, single_thread):
     assert heads == ["**Selected cell: S2 at layer 3**"] * 2  # one detail box per direction
 
 
+@pytest.mark.embedded
+def test_datasets_page_runs_the_resample_ablation_and_stores_it(data_dir, single_thread, embedded):
+    """The ablation chosen on the Datasets page reaches the run: resample draws from the set's
+    other pairs (the Patching page sends users here for it), the same numbers as run_dataset."""
+    from patchcore.dataset_run import run_dataset
+    from patchcore.datasets import for_sweep
+    at = open_page(DATASETS)
+    widget(at.number_input, "Number of pairs").set_value(4).run()
+    at.selectbox(key="w_ds_sweep").select("mlp").run()
+    at.radio(key="w_ds_directions").set_value("denoise").run()
+    at.selectbox(key="w_ds_ablation").select("resample").run()
+    assert at.query_params.get("ablation") in ("resample", ["resample"])   # the link keeps it
+    widget(at.button, "Run dataset").click().run()
+    wait_for_job(at, "dataset")
+    no_exception(at)
+    assert errors(at) == []
+    from patchcore.results import result_from_json
+    (info,) = History().list()
+    rec = History().get(info.id)
+    assert rec.settings["ablation"] == "resample"
+    got = result_from_json(rec.result)
+    want = run_dataset(embedded, for_sweep(generate_ioi(embedded.tokenizer, 4, seed=0), False, embedded.tokenizer),
+                       "mlp", "denoise", "logit_diff", n_boot=1000, ablation="resample")
+    assert got.ablation == want.ablation == "resample"
+    np.testing.assert_allclose(got.values, want.values, atol=1e-4)
+    # another ablation would give other numbers: the choice really reached the engine
+    plain = run_dataset(embedded, for_sweep(generate_ioi(embedded.tokenizer, 4, seed=0), False, embedded.tokenizer),
+                        "mlp", "denoise", "logit_diff", n_boot=1000)
+    assert np.abs(plain.values - got.values).max() > 1e-3
+
+
 def _seed_history(path):
-    from tiny import tiny_model
     m = tiny_model("gpt2", seed=3)
     h = History(path)
     hostile = PromptPair("**bold** <b>tag</b> [link](http://x) John and Mary went to the store, Mary gave a ring to",
@@ -116,8 +147,20 @@ def test_history_page_list_search_reopen_compare_delete(data_dir, single_thread)
     other = h.get(b).open()
     np.testing.assert_allclose(d["diff"].to_numpy(),
                                (stored.denoise.normalized - other.denoise.normalized).reshape(-1), atol=1e-9)
-    # a run of another shape cannot be compared: a message, not a traceback
+    # the single IOI-like pair (another length) is lined up with the dataset by role
     widget(at.selectbox, "Run B").set_value(single).run()
+    no_exception(at)
+    assert errors(at) == []
+    assert any("matched by role" in i.value for i in at.info)
+    diff = [c for c in charts(at) if "Difference" in str(chart_spec(c).get("title", ""))]
+    d = chart_data(diff[0]).sort_values(["layer", "position"])
+    from patchcore.compare import compare
+    want = compare(stored, h.get(single).open(), direction="denoise").frame.sort_values(["layer", "position"])
+    np.testing.assert_allclose(d["diff"].to_numpy(dtype=float), want["diff"].to_numpy(), atol=1e-9)
+    # a run of another sweep cannot be compared: a message, not a traceback
+    other_sweep = h.save(run_sweep(tiny_model("gpt2", seed=3), hostile, "head"), source="cli")
+    at = open_page(HISTORY, run=str(a))
+    widget(at.selectbox, "Run B").set_value(other_sweep).run()
     no_exception(at)
     assert any("different shapes" in e or "do not correspond" in e for e in errors(at))
 
@@ -125,7 +168,7 @@ def test_history_page_list_search_reopen_compare_delete(data_dir, single_thread)
     widget(at.button, "Delete run").click().run()
     widget(at.button, "Yes, delete it").click().run()
     no_exception(at)
-    assert h.count() == 2 and a not in [r.id for r in h.list()]
+    assert h.count() == 3 and a not in [r.id for r in h.list()]
     assert "run" not in at.query_params
 
 

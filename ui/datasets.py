@@ -34,13 +34,15 @@ class DatasetRun:
 
 
 def start_dataset_job(slot: str, model, dataset, sweep: str, directions: str, metric: str, *,
-                      n_boot: int, seed: int, length: int | None, total: int, settings: dict) -> jobs.Job:
+                      n_boot: int, seed: int, length: int | None, total: int, settings: dict,
+                      ablation: str = "corrupted") -> jobs.Job:
     """Run a dataset on a worker thread (progress + Cancel via ui.jobs' panel), then store it
-    (not when it was cancelled) and teach the estimate what it took."""
+    (not when it was cancelled) and teach the estimate what it took (plain patches only: the
+    estimate times those). `ablation`: what each patch writes (patchcore.ablations)."""
 
     def work(**callbacks):
         jobs.calibrated(callbacks["cancel"])
-        kw = dict(n_boot=n_boot, seed=seed, length=length, **callbacks)
+        kw = dict(n_boot=n_boot, seed=seed, length=length, ablation=ablation, **callbacks)
         if directions == "both":
             return run_both(model, dataset, sweep, metric, **kw)
         return run_dataset(model, dataset, sweep, directions, metric, **kw)
@@ -48,8 +50,9 @@ def start_dataset_job(slot: str, model, dataset, sweep: str, directions: str, me
     def done(res, job) -> DatasetRun:
         run_id, note = jobs.save_result(res, settings)
         n_dirs = 2 if directions == "both" else 1
-        jobs.learn(model, "dataset", lambda: estimate_dataset_seconds(model, dataset, sweep, n_dirs, length),
-                   job, res.seconds)
+        if ablation == "corrupted":
+            jobs.learn(model, "dataset", lambda: estimate_dataset_seconds(model, dataset, sweep, n_dirs, length),
+                       job, res.seconds)
         return DatasetRun(res, run_id, None if run_id is not None else note or None)
 
     return jobs.start_job(slot, total, work, on_done=done)

@@ -374,7 +374,7 @@ def _num(text: str) -> float:
 
 
 def parse_cell_label(label: str) -> dict:
-    """'layer: 3; position: 5; token:  Mary; logit_diff (raw): 1.234; normalised: 0.5' -> dict.
+    """'layer: 3; position: 5; token:  Mary; logit difference (raw): 1.234; normalised score: 0.5' -> dict.
 
     Vega writes the tooltip fields into each mark's aria-label (d3 format, Unicode minus)."""
     out: dict = {"label": label}
@@ -385,7 +385,7 @@ def parse_cell_label(label: str) -> dict:
     m = re.search(r"\(raw\): " + _NUM, label)
     if m:
         out["value"] = _num(m.group(1))
-    m = re.search(r"normalised: " + _NUM, label)
+    m = re.search(r"normalised(?: score)?: " + _NUM, label)
     if m:
         out["normalized"] = _num(m.group(1))
     m = re.search(r"token: (.*?); [^;]*\(raw\):", label)
