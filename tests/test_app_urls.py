@@ -162,9 +162,13 @@ def sidebar_links(at) -> dict:
 def test_links_carry_only_the_settings_of_the_page_they_open():
     at = open_app("Patching", **EXPERIMENT)
     links = sidebar_links(at)
-    assert list(links)[:7] == ["Home", "Model", "Prompts", "Patching", "Datasets", "History", "Guide"]
+    assert list(links)[:9] == ["Home", "Model", "Prompts", "Patching", "Datasets", "History", "Paths",
+                               "Circuit", "Guide"]
     assert links["Patching"][1] == EXPERIMENT                        # the whole experiment
     assert links["Prompts"][1] == {k: EXPERIMENT[k] for k in ("clean", "corrupted", "answer", "wrong", "metric")}
+    for page in ("Paths", "Circuit"):                                # the pair, direction and metric
+        assert links[page][1] == {k: EXPERIMENT[k] for k in ("clean", "corrupted", "answer", "wrong",
+                                                             "direction", "metric")}, page
     for page in ("Home", "Model", "Datasets", "History", "Guide"):
         assert links[page][1] == {}, page                            # nothing of the Patching page
     at.switch_page("pages/4_Datasets.py").run()
