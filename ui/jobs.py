@@ -165,8 +165,9 @@ def reap(is_active, now: float | None = None) -> None:
 
 def _watch_stop(job: Job, sid: str, key: str) -> None:
     """The script showing `job` (session `sid` of browser `key`) was stopped: by Streamlit's
-    Stop button if the session is still open and runs nothing new soon (a rerun or a page
-    change starts a new run at once; a closed tab is the reaper's business). Called while the
+    Stop button if the session is still open and runs nothing new within STOP_CHECK_S (with
+    Streamlit's fast reruns a widget change or a page change stops the running script too, and
+    starts the new run at once; a closed tab is the reaper's business). Called while the
     script stops, where any Streamlit call (even st.session_state) raises again."""
     if not runtime.exists():
         return

@@ -65,7 +65,11 @@ def test_click_cell_shows_detail(demo):
 
 def test_csv_download_matches_sweep(demo):
     df = demo.csv
-    assert list(df.columns) == ["layer", "position", "token", "value", "normalized"]
+    assert list(df.columns)[:5] == ["layer", "position", "token", "value", "normalized"]
+    # and what the numbers are about (issue 16, point 12)
+    assert list(df.columns)[5:] == ["model", "sweep", "direction", "metric", "ablation", "clean", "corrupted",
+                                    "answer", "wrong"]
+    assert set(df.sweep) == {"layer_pos"} and set(df.direction) == {"denoise"} and set(df.answer) == {" John"}
     assert len(df) == N_LAYERS * N_TOKENS == 480
     assert set(zip(df.layer, df.position)) == {(l, p) for l in range(N_LAYERS) for p in range(N_TOKENS)}
     # normalised = (patched - corrupted) / (clean - corrupted), with the unpatched runs recovered

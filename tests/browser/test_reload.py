@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from urllib.parse import urlencode
 
 import pytest
 
@@ -12,9 +13,19 @@ from browser_harness import SWEEP_S, UI_S
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(4 * SWEEP_S)]
 
-HEADS = "/Patching?sweep=head_pos"     # 4,320 patches: long enough to reload, stop or leave mid-run
+# Heads x positions on a 36-token pair that differs at its first token (so no position is
+# skipped as unchanged): 9,720 patches, minutes on 2 cores - long enough to reload, stop or
+# leave mid-run. (The demo pair's 4,320 patches now take about 14 s, less than the grace
+# period a closed tab's run gets.)
+_TAIL = " after a long walk through the busy streets of the old town and a short rest by the quiet river,"
+HEADS = "/Patching?" + urlencode({
+    "sweep": "head_pos",
+    "clean": "After John and Mary went to the store" + _TAIL + " Mary gave a bottle of milk to",
+    "corrupted": "Before John and Mary went to the store" + _TAIL + " Mary gave a bottle of milk to"})
+N_PATCHES = 30 * 36 * 9
 CANCELLED = re.compile(r"^The run was cancelled")
 GRACE_S = 15                           # ui.jobs.GRACE_S
+STOP_CHECK_S = 3                       # ui.jobs.STOP_CHECK_S
 
 
 def start(s, path: str = HEADS) -> None:
@@ -50,7 +61,7 @@ def test_a_reload_finds_its_run_and_cancel_still_works(server, open_session):
     s.page.reload()                                    # a new Streamlit session, the same browser
     s.page.locator('[data-testid="stApp"]').wait_for()
     after = progress(s)
-    assert re.search(r"Patching: \d+ of 4320 patches", after), after
+    assert re.search(rf"Patching: \d+ of {N_PATCHES} patches", after), after
     print(f"progress before the reload: {before!r}; after: {after!r}")
     s.main.get_by_role("button", name="Cancel", exact=True).click()
     s.main.get_by_text(CANCELLED).wait_for(timeout=SWEEP_S * 1000)
@@ -77,6 +88,9 @@ def test_streamlit_stop_cancels_the_run(server, open_session):
     s = open_session(server)
     start(s)
     s.page.get_by_role("button", name="Stop").first.click()
+    # A rerun stops the running script too (Streamlit's fast reruns), so a stopped script counts
+    # as Stop only if its session starts nothing new within ui.jobs.STOP_CHECK_S: wait past it
+    s.page.wait_for_timeout((STOP_CHECK_S + 2) * 1000)
     deadline = time.monotonic() + SWEEP_S
     while True:   # the page is stopped: nothing redraws it until the next click
         s.page.wait_for_timeout(2000)
