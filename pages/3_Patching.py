@@ -3,6 +3,7 @@ import streamlit as st
 
 import ui
 from ui import atp as ui_atp
+from ui.ablation import choose_ablation
 from ui import remote as ui_remote
 from patchcore import DIRECTIONS, METRICS, SWEEPS, check_pair
 from patchcore.ablations import ABLATIONS
@@ -44,13 +45,7 @@ c3.caption(METRICS[metric])
 
 # -- what a patch writes: the ablation (patchcore.ablations), with its caveat -------------------
 a1, a2 = st.columns([1, 2])
-ablation = a1.selectbox(
-    "What a patch writes (ablation)", list(ABLATIONS), format_func=lambda a: ABLATIONS[a].title,
-    **ui.bind("w_ablation", "ablation"),
-    help="\n\n".join(f"**{ui.md_escape(a.title)}**: {ui.md_escape(a.help)}" for a in ABLATIONS.values()))
-a2.caption(ABLATIONS[ablation].help)
-if ABLATIONS[ablation].caveat:
-    a2.warning(ui.md_escape(ABLATIONS[ablation].caveat), icon=":material/warning:")
+ablation = choose_ablation("w_ablation", a1, a2)
 ablation_problem = None
 if ABLATIONS[ablation].needs_dataset:
     ablation_problem = ("Resample draws other prompts from a dataset; one pair has none. Use it on the "

@@ -5,8 +5,8 @@ import streamlit as st
 import ui
 from ui import remote as ui_remote
 from ui import datasets as uid
+from ui.ablation import choose_ablation
 from patchcore import METRICS, SWEEPS
-from patchcore.ablations import ABLATIONS
 from patchcore.dataset_run import estimate_dataset_seconds, plan_dataset
 from patchcore.datasets import for_sweep, length_groups
 from patchcore.ioi import CORRUPTIONS, MAX_IOI_PAIRS, ROLE_HELP, TEMPLATE_SETS, generate_ioi
@@ -95,13 +95,7 @@ directions = c2.radio("Directions", list(uid.DIRECTION_CHOICES), format_func=uid
 metric = c3.selectbox("Metric", list(METRICS), **ui.bind("w_ds_metric", "ds_metric"),
                       format_func=lambda m: ui.metric_name(m).capitalize())
 a1, a2 = st.columns([1, 2])
-ablation = a1.selectbox(
-    "What a patch writes (ablation)", list(ABLATIONS), format_func=lambda a: ABLATIONS[a].title,
-    **ui.bind("w_ds_ablation", "ablation"),
-    help="\n\n".join(f"**{ui.md_escape(a.title)}**: {ui.md_escape(a.help)}" for a in ABLATIONS.values()))
-a2.caption(ABLATIONS[ablation].help)
-if ABLATIONS[ablation].caveat:
-    a2.warning(ui.md_escape(ABLATIONS[ablation].caveat), icon=":material/warning:")
+ablation = choose_ablation("w_ds_ablation", a1, a2)
 with st.expander("Statistics"):
     n_boot = int(st.number_input("Bootstrap resamples", 200, 20000, 1000, step=100, key="ds_n_boot",
                                  help="More resamples give steadier interval ends; 1,000 is usual."))

@@ -3,6 +3,7 @@ import streamlit as st
 
 import ui
 from ui import paths as up
+from ui.ablation import choose_ablation
 from ui import remote as ui_remote
 from patchcore import DIRECTIONS, METRICS
 from patchcore.ablations import ABLATIONS, DEFAULT_DRAWS
@@ -47,13 +48,7 @@ metric = c2.selectbox("Metric", list(METRICS), **ui.bind("w_paths_metric", "metr
                       format_func=lambda m: ui.metric_name(m).capitalize(),
                       help="\n\n".join(ui.md_escape(t) for t in METRICS.values()))
 c2.caption(METRICS[metric])
-ablation = c3.selectbox(
-    "What a sender writes (ablation)", list(ABLATIONS), format_func=lambda a: ABLATIONS[a].title,
-    **ui.bind("w_paths_ablation", "ablation"),
-    help="\n\n".join(f"**{ui.md_escape(a.title)}**: {ui.md_escape(a.help)}" for a in ABLATIONS.values()))
-c3.caption(ABLATIONS[ablation].help)
-if ABLATIONS[ablation].caveat:
-    c3.warning(ui.md_escape(ABLATIONS[ablation].caveat), icon=":material/warning:")
+ablation = choose_ablation("w_paths_ablation", c3, c3, label="What a sender writes (ablation)")
 
 datasets = up.current_datasets()
 on = st.radio("Run on", ["pair", "dataset"], horizontal=True, key="w_paths_on",

@@ -8,7 +8,9 @@ page can `import ui`.
     ui.model    the shared loaded model and the sidebar         ui.jobs    background runs
     ui.results  showing a result                                ui.page    page(): every page's start
     ui.datasets dataset runs and their results                  ui.remote  NDIF connections
-    ui.atp      the fast preview (attribution patching)
+    ui.atp      the fast preview (attribution patching)         ui.ablation the ablation choice
+    ui.hypothesis, ui.paths, ui.circuit, ui.circuit_view, ui.patterns: the hypothesis check,
+                the Paths and Circuit pages' parts, where the heads look
 
 The names below are what pages use most, importable as `ui.<name>`.
 """

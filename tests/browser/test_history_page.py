@@ -7,6 +7,7 @@ import re
 import pytest
 
 from browser_harness import DATASET_PAIRS, QUADRANTS, SWEEP_S, UI_S, assert_same_cells, finish
+from patchcore.sweeps import SWEEPS
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(SWEEP_S + 300)]
 
@@ -34,8 +35,9 @@ def test_history_lists_runs_after_restart(demo, shared, dataset_run, server, ope
     # reopen the Patching run (capital preset, noising): its heatmap has the numbers it had
     s.main.get_by_role("combobox", name="Open run").click()
     options = s.page.get_by_role("option").all_inner_texts()
-    wanted = [o for o in options if "noise" in o.lower() and "layer_pos" in o.lower()] or \
-             [o for o in options if "capital" in o.lower() or "france" in o.lower()]
+    # titles are in words: "Residual stream, layer × position, noising, logit difference – <prompt>"
+    wanted = [o for o in options if "noising" in o and SWEEPS["layer_pos"].title in o
+              and ("capital" in o.lower() or "france" in o.lower())]
     assert wanted, f"no stored run looks like the Patching run (noise, layer_pos): {options}"
     s.page.get_by_role("option", name=wanted[0], exact=True).click()
     s.settle()
