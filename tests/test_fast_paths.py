@@ -100,20 +100,29 @@ def test_shortcuts_are_used(family):
     cells = pc.SWEEPS["layer_pos"].cells(m.components.n_layers, prepared.n_tokens, m.components.n_heads)
     base = pc.run_baseline(m, prepared, component="resid")
     sup = b.support()
-    assert sup["prefix"] and sup["skip"] and sup["last_mlp"]
+    assert sup["prefix"] and sup["skip"] and sup["last_block"]
     # sliding-window caches keep only the window: their prefixes need prefix runs
     assert sup["sliced"] == (family not in ("gemma2", "gemma3_text", "mistral"))
     assert sup["head"] == (family != "gemma2")      # Gemma 2 soft-caps its final logits
-    calls = []
+    calls, last_out = [], []
     hook = m.components.mlp[0].register_forward_pre_hook(lambda mod, a: calls.append(1))
+    out_hook = m.components.attn_out[-1].register_forward_hook(lambda mod, a, out: last_out.append(out))
     try:
         with torch.inference_mode():
             b._base(torch.tensor(prepared.corrupted_ids))       # the base prompt's own run
             calls.clear()
+            last_out.clear()
             b.run(sweep_batch(torch.tensor(prepared.corrupted_ids), pc.SWEEPS["layer_pos"].component,
                               cells, [a[0] for a in base.cache], prepared.answer_id, prepared.wrong_id))
     finally:
         hook.remove()
+        out_hook.remove()
+    # the batch's last block computes its attention output at the last position only (prefix
+    # runs, where sliding windows need them, come first and compute everything)
+    o = last_out[-1]
+    assert o.shape[1] > 1 and not o[:, :-1].any() and o[:, -1].abs().sum() > 0
+    for mod in (m.components.mlp[-1], m.components.attn_out[-1], m.components.q[-1]):
+        assert "forward" not in mod.__dict__                   # restored
     assert max(g.pos for g in b.last_groups) > 0 and len(b.last_groups) > 1
     # block 0 computed only in prefix runs (sliding-window models), never for the batch
     assert len(calls) == (0 if sup["sliced"] else len({g.pos for g in b.last_groups if g.pos > 0}))

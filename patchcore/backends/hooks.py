@@ -44,7 +44,7 @@ from ..metrics import readout
 from .base import Backend, Batch
 from .prefix_cache import cache_of, slice_cache, stack_caches, widen_cache
 from .shortcuts import (_SUPPORT, _first, _get_hidden, _replace_first, _set_hidden, _skip_block,
-                        apply_writes, capture_head, check_shortcuts, last_position_mlp)
+                        apply_writes, capture_head, check_shortcuts, last_position_block)
 
 
 class HookBackend(Backend):
@@ -157,8 +157,8 @@ class HookBackend(Backend):
             return sup
         return check_shortcuts(self)
 
-    def _last_position_mlp(self, stack: ExitStack) -> None:
-        last_position_mlp(stack, self.c)
+    def _last_position_block(self, stack: ExitStack) -> None:
+        last_position_block(stack, self.c)
 
     def _capture_head(self, stack: ExitStack) -> list:
         return capture_head(stack, self.c)
@@ -356,8 +356,8 @@ class HookBackend(Backend):
                         return _set_hidden(args, kwargs, h.expand(n, -1, -1).contiguous())
                     stack.enter_context(site.register_forward_pre_hook(widen, with_kwargs=True))
             self._hooks(stack, batch, fast, p0 if fast else 0)
-            if fast and self.support()["last_mlp"]:
-                self._last_position_mlp(stack)
+            if fast and self.support()["last_block"]:
+                self._last_position_block(stack)
             if late_head:
                 got = self._capture_head(stack)
             logits = self._forward(ids, **extra)

@@ -69,7 +69,7 @@ def apply_writes(x: torch.Tensor, component: Component, components, groups, offs
     return x
 
 
-SHORTCUTS = ("prefix", "sliced", "skip", "head", "last_mlp")  # see check_shortcuts
+SHORTCUTS = ("prefix", "sliced", "skip", "head", "last_block")  # see check_shortcuts
 # per transformers model: which shortcuts were checked to hold (see HookBackend.support)
 _SUPPORT: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
@@ -101,7 +101,8 @@ def check_shortcuts(b) -> dict:
     window), so no prefix runs are needed; skip: blocks may be replaced by the base
     run's outputs; head: the logits are the unembedding of the last hidden state and
     nothing else (no final soft-capping), so the forwards of a batch can share one
-    unembedding; last_mlp: the last block's MLP may run on the last position only.
+    unembedding; last_block: the last block's MLP, attention output projection and (where
+    separate) query projection may run on the last position only.
     """
     sup = _SUPPORT.get(b.hf)
     if sup is not None:
@@ -157,30 +158,40 @@ def check_shortcuts(b) -> dict:
             return b._unembed(h)
         sup["head"] = same(late_head)
 
-        def last_mlp():
+        def last_block():
             with ExitStack() as stack:
-                last_position_mlp(stack, b.c)
+                last_position_block(stack, b.c)
                 return b._forward(ids.view(1, -1))
-        sup["last_mlp"] = same(last_mlp)
+        sup["last_block"] = same(last_block)
     _SUPPORT[b.hf] = sup
     machine_cache.put("support", key, sup)
     return sup
 
 
 
-def last_position_mlp(stack: ExitStack, components) -> None:
-    """Until the stack closes, the last block's MLP runs on the last position only (its
-    other positions feed nothing: only the last position's logits are read) and gives
-    zeros elsewhere. Exact for the logits; checked per model (check_shortcuts)."""
-    mlp = components.mlp[-1]
-    forward = type(mlp).forward
+def last_position_block(stack: ExitStack, components) -> None:
+    """Until the stack closes, the last block computes its MLP, its attention output projection
+    and (where it is a module of its own) its query projection on the last position only, and
+    gives zeros elsewhere: only the last position's logits are read, and the other positions'
+    queries and outputs in the last block feed nothing else (their keys and values, which the
+    last position attends to, are computed as before). Exact for the logits; checked per model
+    (check_shortcuts). About a fifth of a block's work per row, saved on every row."""
+    last = [components.mlp[-1], components.attn_out[-1]]
+    if components.paths.qkv_layout == "separate":
+        last.append(components.q[-1])
+    for module in last:
+        _last_only(stack, module)
+
+
+def _last_only(stack: ExitStack, module: torch.nn.Module) -> None:
+    forward = type(module).forward
 
     def last_only(x, *args, **kwargs):
-        out = forward(mlp, x[:, -1:], *args, **kwargs)
+        out = forward(module, x[:, -1:], *args, **kwargs)
         full = out.new_zeros(x.shape[:-1] + out.shape[-1:])
         full[:, -1:] = out
         return full
-    _override_forward(stack, mlp, last_only)
+    _override_forward(stack, module, last_only)
 
 
 def capture_head(stack: ExitStack, components) -> list:
