@@ -30,6 +30,9 @@ def model_key(model, *extra) -> str:
     device = str(model.device)
     if torch.device(device).type == "cuda":
         device += ":" + torch.cuda.get_device_name(torch.device(device))
+    placed = getattr(model.hf, "hf_device_map", None)
+    if placed:   # split between devices or disk: other code paths, its own entries
+        device += "|" + json.dumps(placed, sort_keys=True, default=str)
     text = "|".join([config, str(model.dtype), device, torch.__version__, transformers.__version__,
                      *map(str, extra)])
     return hashlib.sha1(text.encode()).hexdigest()

@@ -53,6 +53,9 @@ def test_split_between_memory_and_disk_equals_unsplit(folder, tmp_path):
     assert set(placed.values()) == {"cpu", "disk"}, placed  # really split
     assert placed["model.layers.0"] == "cpu" and placed["model.layers.2"] == "disk"
     assert split.device == torch.device("cpu")
+    # what the machine learnt about the whole model (shortcuts, speed) is not taken for the split one
+    from patchcore import machine_cache
+    assert machine_cache.model_key(whole, "support") != machine_cache.model_key(split, "support")
     for sweep in ("head_pos",):
         ref = run_sweep(whole, PAIR, sweep, "denoise")
         got = run_sweep(split, PAIR, sweep, "denoise")

@@ -199,7 +199,9 @@ def test_embedded_fast_equals_plain(embedded):
                                          prepared.wrong_id, skip_lower=fast)
         with torch.inference_mode():
             ref = HookBackend(m, reuse_prefix=False, group=False).run(batch(False))
-            b = HookBackend(m)
+            # a fixed cost model: the model's calibrated one depends on how busy the machine was
+            # when an earlier test timed it, and may plan one forward from position 0
+            b = HookBackend(m, cost=FINE)
             fast = b.run(batch(True))
         assert max(g.pos for g in b.last_groups) > 0
         # readout (answer logit, wrong logit, logsumexp), not the metric, of a 30-layer model

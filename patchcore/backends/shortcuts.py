@@ -184,10 +184,12 @@ def last_position_block(stack: ExitStack, components) -> None:
 
 
 def _last_only(stack: ExitStack, module: torch.nn.Module) -> None:
-    forward = type(module).forward
+    # the module's forward as called now: on an accelerate-placed model that is accelerate's
+    # wrapper, which brings an offloaded layer's weights in (the class's forward would not)
+    forward = module.forward
 
     def last_only(x, *args, **kwargs):
-        out = forward(module, x[:, -1:], *args, **kwargs)
+        out = forward(x[:, -1:], *args, **kwargs)
         full = out.new_zeros(x.shape[:-1] + out.shape[-1:])
         full[:, -1:] = out
         return full
