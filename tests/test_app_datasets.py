@@ -1,6 +1,8 @@
 """AppTest: the Datasets page (generate IOI pairs, run both directions, click a cell for the strip
 plot, quadrants, stored in the history) and the History page (list, search, reopen by link,
 compare, delete, bad links), with a history file in a temporary folder."""
+import json
+
 import numpy as np
 import pytest
 
@@ -123,6 +125,11 @@ def test_history_page_list_search_reopen_compare_delete(data_dir, single_thread)
     assert at.title[0].value == "History" and errors(at) == []
     table = at.dataframe[0].value
     assert list(table["id"]) == [b, a, single]
+    # titles in words, with the metric (issue 16, point 13), and columns sized for their text
+    assert table["title"].iloc[0].startswith("Residual stream, layer × position, both directions, "
+                                             "logit difference – IOI ×3")
+    widths = {k: v.get("width") for k, v in json.loads(at.dataframe[0].proto.columns).items()}
+    assert widths["title"] == "large" and all(widths[c] for c in table.columns), widths
     widget(at.text_input, "Search runs").input("ioi seed 1").run()
     assert list(at.dataframe[0].value["id"]) == [b]
     widget(at.text_input, "Search runs").input("").run()
