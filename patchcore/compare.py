@@ -67,15 +67,14 @@ def _line_up(ra, rb, notes: list) -> tuple:
     """A single IOI pair beside an IOI dataset (positions by role): the pair averaged by role."""
     if "position" not in ra.axes or _role_aligned(ra) == _role_aligned(rb):
         return ra, rb
-    if getattr(rb if _role_aligned(ra) else ra, "n_pairs", 1) > 1:   # two datasets: the shape check says
+    a_is_dataset = _role_aligned(ra)
+    single, dataset = (rb, ra) if a_is_dataset else (ra, rb)
+    if getattr(single, "n_pairs", 1) > 1:   # two datasets: the shape check says what is wrong
         return ra, rb
-    if _role_aligned(ra):
-        rb = by_role(rb, list(ra.tokens))
-    else:
-        ra = by_role(ra, list(rb.tokens))
+    lined = by_role(single, list(dataset.tokens))
     notes.append("Positions are matched by role (S1, IO, S2, END, ...): the single pair's positions were "
                  "averaged role by role, as the dataset's are.")
-    return ra, rb
+    return (ra, lined) if a_is_dataset else (lined, rb)
 
 
 def compare(a, b, value: str = "normalized", direction: str | None = None) -> Comparison:

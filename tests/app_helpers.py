@@ -86,6 +86,17 @@ def wait_for_job(at: AppTest, slot: str, timeout: float = TIMEOUT) -> None:
     at.run()
 
 
+def run_to_end(at: AppTest, button: str, slot: str, timeout: float = TIMEOUT) -> None:
+    """Press a run button: progress and Cancel show while it runs, and it ends with neither an
+    exception nor an error box."""
+    at.button(key=button).click().run()
+    no_exception(at)
+    assert at.get("progress") and any(b.label == "Cancel" for b in at.button)
+    wait_for_job(at, slot, timeout)
+    no_exception(at)
+    assert errors(at) == []
+
+
 def charts(at: AppTest) -> list:
     return at.get("vega_lite_chart")
 

@@ -113,3 +113,19 @@ def background_jobs_end():
     if alive:
         pytest.fail(f"background runs still going {JOB_JOIN_S:.0f} s after they were cancelled at the "
                     f"end of the test: {', '.join(alive)}", pytrace=False)
+
+
+@pytest.fixture
+def custom_repo(tmp_path, monkeypatch):
+    """A hub id in a hub cache of its own (offline), whose config needs custom code that writes
+    a marker file when it runs. Returns (repo id, marker)."""
+    import huggingface_hub.constants as hc
+
+    from app_helpers import custom_code_repo
+    repo_id = f"patchcore-tests/{tmp_path.name[:60]}"  # its own id: never imported before
+    marker = tmp_path / "marker"
+    custom_code_repo(tmp_path / "hub", marker, repo_id)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("PATCHCORE_TRUST_REMOTE_CODE", raising=False)
+    return repo_id, marker

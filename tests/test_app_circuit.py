@@ -11,7 +11,7 @@ from streamlit.proto.WidgetStates_pb2 import WidgetStates
 from streamlit.testing.v1 import AppTest
 
 from app_helpers import (ROOT, TIMEOUT, chart_spec, charts, errors, isolated_history,  # noqa: F401
-                         no_exception, plain, run_result, texts, wait_for_job)
+                         no_exception, plain, run_result, run_to_end, texts, wait_for_job)
 from patchcore.circuit_charts import EDGE_SELECT, NODE_SELECT
 from patchcore.history import History
 
@@ -66,12 +66,7 @@ def click(at: AppTest, selection: dict) -> AppTest:
 def run_quick(**extra) -> AppTest:
     at = open_circuit(**QUICK, **extra)
     no_exception(at)
-    at.button(key="c_run").click().run()
-    no_exception(at)
-    assert at.get("progress") and any(b.label == "Cancel" for b in at.button)
-    wait_for_job(at, "circuit")
-    no_exception(at)
-    assert errors(at) == []
+    run_to_end(at, "c_run", "circuit")
     return at
 
 

@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app_helpers import (ROOT, TIMEOUT, chart_spec, charts, click_chart, errors, isolated_history,  # noqa: F401
-                         no_exception, open_app, plain, put_run, run_result, texts, wait_for_job)
+                         no_exception, open_app, plain, put_run, run_result, run_to_end, texts, wait_for_job)
 from patchcore import DEFAULT_PAIR, run_sweep
 from patchcore.history import History
 from patchcore.hypothesis import RUN_TITLES, pairs_of, run_check, top_sites
@@ -82,12 +82,7 @@ def test_test_these_together_gives_the_engines_three_scores_and_stores_them(mlp_
     at.button(key="hyp_top3_patch").click().run()
     sites = at.session_state["sites"].split(",")
     assert len(sites) == 3
-    at.button(key=RUN).click().run()
-    no_exception(at)
-    assert at.get("progress") and any(b.label == "Cancel" for b in at.button)
-    wait_for_job(at, "hyp_patch")
-    no_exception(at)
-    assert errors(at) == []
+    run_to_end(at, RUN, "hyp_patch")
     result = run_result(at, "patch")
     want = {"sufficiency": run_patch(embedded, result.pair, sites, "denoise"),
             "necessity": run_patch(embedded, result.pair, sites, "noise"),

@@ -151,21 +151,6 @@ def test_model_page_unknown_hub_model_gives_a_clear_message():
 
 # ---------------------------------------------------------------- remote code on a public server
 
-@pytest.fixture
-def custom_repo(tmp_path, monkeypatch):
-    """A cached hub repository whose config needs custom code that writes a marker file."""
-    import huggingface_hub.constants as hc
-
-    from app_helpers import custom_code_repo
-    repo_id = f"patchcore-tests/{tmp_path.name[:60]}"
-    marker = tmp_path / "marker"
-    custom_code_repo(tmp_path / "hub", marker, repo_id)
-    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("PATCHCORE_TRUST_REMOTE_CODE", raising=False)
-    return repo_id, marker
-
-
 def test_model_page_trust_remote_code_is_off_for_visitors(served_to_network, custom_repo, monkeypatch):
     repo_id, marker = custom_repo
     at = open_app("Model")

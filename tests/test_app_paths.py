@@ -9,7 +9,7 @@ from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from app_helpers import (ROOT, TIMEOUT, chart_spec, charts, errors, isolated_history,  # noqa: F401
-                         no_exception, plain, run_job, run_result, texts, wait_for_job)
+                         no_exception, plain, run_job, run_result, run_to_end, texts, wait_for_job)
 from patchcore import DEFAULT_PAIR
 from patchcore.history import History
 from patchcore.path_report import path_story
@@ -54,12 +54,7 @@ def test_the_head_sweep_to_the_logits_shows_who_acts_directly(embedded):
     assert metrics(at) | {"Estimated time": ""} == {"Paths": "270", "Pairs": "1", "Forward rows": "272",
                                                     "Estimated time": ""}
     assert any("acts on the answer directly" in c.value for c in at.caption)   # what the choice means
-    at.button(key="run_paths").click().run()
-    no_exception(at)
-    assert at.get("progress") and any(b.label == "Cancel" for b in at.button)
-    wait_for_job(at, "paths")
-    no_exception(at)
-    assert errors(at) == []
+    run_to_end(at, "run_paths", "paths")
     result = run_result(at, "paths")
     want = run_path(embedded, DEFAULT_PAIR, "head:*", "logits")
     np.testing.assert_allclose(result.values, want.values, atol=1e-4)

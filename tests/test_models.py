@@ -358,22 +358,6 @@ def test_cached_hub_model_needs_no_network(monkeypatch, hub_down, tokenizer):
 
 # -- a cached repository with custom code (trust_remote_code) ------------------------------------
 
-@pytest.fixture
-def custom_repo(tmp_path, monkeypatch):
-    """A hub id in a hub cache of its own (offline), whose config needs custom code that writes
-    a marker file when it runs. Returns (repo id, marker)."""
-    import huggingface_hub.constants as hc
-
-    from app_helpers import custom_code_repo
-    repo_id = f"patchcore-tests/{tmp_path.name[:60]}"  # its own id: never imported before
-    marker = tmp_path / "marker"
-    custom_code_repo(tmp_path / "hub", marker, repo_id)
-    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("PATCHCORE_TRUST_REMOTE_CODE", raising=False)
-    return repo_id, marker
-
-
 def test_cached_repo_that_needs_custom_code_says_so(custom_repo):
     """The files are cached; only trust_remote_code is missing. Not "not in the local cache"."""
     repo_id, marker = custom_repo
